@@ -1,0 +1,445 @@
+//! Configuration: the TOML file's serde mirror (`file`), turned by `validate` into the typed
+//! [`Config`] below, which cannot hold an invalid value. `run`, `check` and (later) reload all go
+//! through [`load`], so they accept and reject exactly the same files.
+
+mod error;
+mod file;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{line_col, ConfigError, Location, Problem};
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(Problem::whole_file(
+            path,
+            format!("cannot read the config file: {e}"),
+        ))
+    })?;
+    parse(path, &text)
+}
+
+/// Validates `text` as a config file; `path` names it in messages and anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    validate::validate(path, text)
+}
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from (for messages and reload).
+    pub source: PathBuf,
+    /// The admin HTTP API; `None` when the `[admin]` table is absent.
+    pub admin: Option<AdminConfig>,
+    /// Process-wide settings.
+    pub runtime: RuntimeConfig,
+    /// Listeners in file order; names are unique.
+    pub listeners: Vec<ListenerConfig>,
+    /// Pools in file order; names are unique and every listener's pool exists.
+    pub pools: Vec<PoolConfig>,
+}
+
+impl Config {
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// A readable multi-line summary, printed by `splicer check` on success.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail; the results are ignored for that reason.
+        let mut out = String::new();
+        let _ = writeln!(out, "config {}", self.source.display());
+        let _ = writeln!(out, "listeners:");
+        for l in &self.listeners {
+            let limit = match l.max_connections {
+                0 => "unlimited".to_string(),
+                n => n.to_string(),
+            };
+            let idle = l.idle_timeout.map_or("never".to_string(), format_duration);
+            let _ = writeln!(
+                out,
+                "  {}: bind {} -> pool {} (max_connections {limit}, idle_timeout {idle}, backlog {})",
+                l.name, l.bind, l.pool, l.backlog
+            );
+        }
+        let _ = writeln!(out, "pools:");
+        for p in &self.pools {
+            let _ = writeln!(
+                out,
+                "  {}: balance {}, connect_timeout {}, retries {}, fail_open {}, passive_fall {}",
+                p.name,
+                p.balance.as_str(),
+                format_duration(p.connect_timeout),
+                p.retries,
+                p.fail_open,
+                p.passive_fall
+            );
+            let h = &p.health;
+            let what = match h.check {
+                CheckKind::Https | CheckKind::Http => {
+                    format!(
+                        "{} GET {} expecting {}",
+                        h.check.as_str(),
+                        h.path,
+                        h.expect_status
+                    )
+                }
+                CheckKind::Tcp | CheckKind::None => h.check.as_str().to_string(),
+            };
+            let port = match h.port {
+                0 => String::new(),
+                n => format!(" on port {n}"),
+            };
+            let _ = writeln!(
+                out,
+                "    check: {what}{port} every {}, timeout {}, rise {}, fall {}",
+                format_duration(h.interval),
+                format_duration(h.timeout),
+                h.rise,
+                h.fall
+            );
+            for b in &p.backends {
+                let _ = writeln!(out, "    backend {} weight {}", b.address, b.weight);
+            }
+        }
+        match &self.admin {
+            Some(a) => {
+                let _ = writeln!(out, "admin: {}", a.bind);
+            }
+            None => {
+                let _ = writeln!(out, "admin: off");
+            }
+        }
+        let r = &self.runtime;
+        let workers = match r.workers {
+            0 => "one per CPU".to_string(),
+            n => n.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "runtime: workers {workers}, drain_timeout {}, log_format {}, access_log {}",
+            format_duration(r.drain_timeout),
+            r.log_format.as_str(),
+            r.access_log
+        );
+        out
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP API; loopback only (no token support yet).
+    pub bind: SocketAddr,
+}
+
+/// Log line encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 = one per CPU.
+    pub workers: usize,
+    /// Time open connections get on shutdown.
+    pub drain_timeout: Duration,
+    /// Log encoding.
+    pub log_format: LogFormat,
+    /// One log line per finished connection.
+    pub access_log: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: 0,
+            drain_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            access_log: true,
+        }
+    }
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Unique name.
+    pub name: String,
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Default pool's name (exists in `Config::pools`).
+    pub pool: String,
+    /// 0 = unlimited; at the limit the listener stops accepting until a connection closes.
+    pub max_connections: usize,
+    /// Close a connection after this long without a byte either way; `None` = never (`"0s"`).
+    pub idle_timeout: Option<Duration>,
+    /// Time to receive a ClientHello, used only when routes exist.
+    pub client_hello_timeout: Duration,
+    /// listen(2) backlog.
+    pub backlog: u32,
+}
+
+/// Balancing algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalanceKind {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest active connections relative to weight.
+    LeastConnections,
+    /// Power of two random choices on active connections.
+    RandomTwo,
+    /// Consistent hashing of the client IP.
+    ClientHash,
+}
+
+impl BalanceKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceKind::RoundRobin => "round_robin",
+            BalanceKind::LeastConnections => "least_connections",
+            BalanceKind::RandomTwo => "random_two",
+            BalanceKind::ClientHash => "client_hash",
+        }
+    }
+}
+
+/// One static backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `ip:port`.
+    pub address: SocketAddr,
+    /// Relative share of new connections, 1..=256.
+    pub weight: u32,
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Unique name.
+    pub name: String,
+    /// Balancing algorithm.
+    pub balance: BalanceKind,
+    /// Members, in file order, addresses unique within the pool.
+    pub backends: Vec<BackendConfig>,
+    /// Time allowed for one backend connect.
+    pub connect_timeout: Duration,
+    /// Further backends tried after a failed connect.
+    pub retries: u32,
+    /// With no backend up, spread over the down ones.
+    pub fail_open: bool,
+    /// Consecutive data-path connect failures that mark a backend down; 0 = off.
+    pub passive_fall: u32,
+    /// Active health checking.
+    pub health: HealthConfig,
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckKind {
+    /// HTTP GET over TLS.
+    #[default]
+    Https,
+    /// HTTP GET over plain TCP.
+    Http,
+    /// TCP connect only.
+    Tcp,
+    /// No checks: every backend is up.
+    None,
+}
+
+impl CheckKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Https => "https",
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::None => "none",
+        }
+    }
+}
+
+/// Set of accepted HTTP status codes (`"200"`, `"200-299"`, `"200,204"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMatcher {
+    /// Inclusive ranges.
+    pub ranges: Vec<(u16, u16)>,
+}
+
+impl StatusMatcher {
+    /// Whether `status` is accepted.
+    pub fn matches(&self, status: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| lo <= status && status <= hi)
+    }
+}
+
+impl std::fmt::Display for StatusMatcher {
+    /// The config spelling, e.g. `200-299,304`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, &(lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for StatusMatcher {
+    fn default() -> Self {
+        StatusMatcher {
+            ranges: vec![(200, 200)],
+        }
+    }
+}
+
+/// `[pool.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Kind of check.
+    pub check: CheckKind,
+    /// Request path (http/https).
+    pub path: String,
+    /// Port to probe; 0 = the backend's own.
+    pub port: u16,
+    /// Time between checks (plus up to a tenth of jitter).
+    pub interval: Duration,
+    /// Time one check may take; below `interval`.
+    pub timeout: Duration,
+    /// Consecutive passes to come up (>= 1).
+    pub rise: u32,
+    /// Consecutive failures to go down (>= 1).
+    pub fall: u32,
+    /// Accepted statuses.
+    pub expect_status: StatusMatcher,
+    /// Host header and SNI; `None` = the backend's address and no SNI.
+    pub host: Option<String>,
+    /// Verify the backend certificate.
+    pub tls_verify: bool,
+    /// CA bundle for verification (PEM); `None` = system roots. Resolved relative to the config file.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check: CheckKind::Https,
+            path: "/health/instance".to_string(),
+            port: 0,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            expect_status: StatusMatcher::default(),
+            host: None,
+            tls_verify: false,
+            ca_file: None,
+        }
+    }
+}
+
+/// Parses a duration such as `"500ms"`, `"2s"`, `"15m"`, `"1h"` or `"0s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("duration \"{s}\" has no unit (use ms, s, m or h, e.g. \"2s\")"))?;
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!("duration \"{s}\" has no number (e.g. \"2s\")"));
+    }
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("duration \"{s}\" has a bad number"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "duration \"{s}\" has unknown unit \"{unit}\" (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs > 365.0 * 86400.0 {
+        return Err(format!("duration \"{s}\" is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Formats a duration the way the config spells it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("2 days").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn status_matcher() {
+        let m = StatusMatcher {
+            ranges: vec![(200, 299), (304, 304)],
+        };
+        assert!(m.matches(204));
+        assert!(m.matches(304));
+        assert!(!m.matches(503));
+    }
+}

@@ -1,0 +1,359 @@
+//! From the serde mirror (`file`) to the typed [`Config`]: every rule of the config file lives
+//! here. A TOML or serde error stops at once (toml gives no more), but every semantic rule runs
+//! on everything, so one `splicer check` shows all the problems of a file.
+//!
+//! Submodules: `syntax` (toml's errors as plain sentences), `values` (pure parsers for
+//! addresses, status lists, paths, hosts), `pool` (`[[pool]]`, its backends and health).
+
+mod pool;
+mod syntax;
+mod values;
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{line_col, Location};
+use super::file::{AdminFile, FileConfig, ListenerFile, RuntimeFile};
+use super::{
+    parse_duration, AdminConfig, Config, ConfigError, ListenerConfig, LogFormat, Problem,
+    RuntimeConfig,
+};
+
+/// Address of the admin API when `[admin]` is present without `bind`.
+const DEFAULT_ADMIN_BIND: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9090));
+/// More threads than this is a typo, not a machine.
+const MAX_WORKERS: i64 = 1024;
+
+/// Parses and checks `text` (the contents of `path`) into a [`Config`], or every problem found.
+pub fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file: FileConfig =
+        toml::from_str(text).map_err(|e| ConfigError::single(syntax::problem(path, text, &e)))?;
+    let mut checker = Checker {
+        path,
+        text,
+        problems: Vec::new(),
+    };
+    let admin = file.admin.as_ref().map(|a| checker.admin(a));
+    let runtime = checker.runtime(file.runtime.as_ref().map(Spanned::get_ref));
+    let pools = checker.pools(&file.pools);
+    let listeners = checker.listeners(&file.listeners, &pools);
+    if file.listeners.is_empty() {
+        checker.problems.push(Problem::whole_file(
+            path,
+            "the file has no [[listener]]; at least one is required",
+        ));
+    }
+    if !checker.problems.is_empty() {
+        let mut problems = checker.problems;
+        // File order first; problems without a place after them, in the order found.
+        problems.sort_by_key(|p| match &p.location {
+            Location::At { line, col, .. } => (0, *line, *col),
+            Location::Key { .. } => (1, 0, 0),
+            Location::File { .. } => (2, 0, 0),
+        });
+        return Err(ConfigError { problems });
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        admin,
+        runtime,
+        listeners,
+        pools,
+    })
+}
+
+/// Collects problems while building typed values. Each helper returns a usable value (the
+/// default) after reporting, so checking goes on and finds the next problem.
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, offset: usize, message: impl Into<String>) {
+        self.problems
+            .push(Problem::at_offset(self.path, self.text, offset, message));
+    }
+
+    fn report_at<T>(&mut self, value: &Spanned<T>, message: impl Into<String>) {
+        self.report(value.span().start, message);
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        line_col(self.text, offset).0
+    }
+
+    /// The value of a required key, or a problem at the table's header.
+    fn required<'v, T>(
+        &mut self,
+        value: Option<&'v Spanned<T>>,
+        key: &str,
+        table_offset: usize,
+        table: &str,
+    ) -> Option<&'v Spanned<T>> {
+        if value.is_none() {
+            self.report(
+                table_offset,
+                format!("{table} is missing required key \"{key}\""),
+            );
+        }
+        value
+    }
+
+    /// A required, non-empty name; `""` when absent or empty (already reported).
+    fn name(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        table_offset: usize,
+        table: &str,
+    ) -> String {
+        let Some(name) = self.required(value, "name", table_offset, table) else {
+            return String::new();
+        };
+        if name.get_ref().trim().is_empty() {
+            self.report_at(name, format!("{table} name must not be empty"));
+        }
+        name.get_ref().clone()
+    }
+
+    /// Reports `key` when it was seen before; `what` names it in the message.
+    fn unique<K: Eq + Hash>(
+        &mut self,
+        seen: &mut HashMap<K, usize>,
+        key: K,
+        offset: usize,
+        what: &str,
+    ) {
+        if let Some(&first) = seen.get(&key) {
+            let line = self.line_of(first);
+            self.report(
+                offset,
+                format!("duplicate {what}; the first is at line {line}"),
+            );
+        } else {
+            seen.insert(key, offset);
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.report_at(value, format!("invalid {key}: {e}"));
+                default
+            }
+        }
+    }
+
+    /// A duration where zero would mean "fail at once" rather than "off".
+    fn positive_duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(value, key, default);
+        match value {
+            Some(v) if d.is_zero() => {
+                self.report_at(v, format!("{key} must be longer than 0s"));
+                default
+            }
+            _ => d,
+        }
+    }
+
+    /// An integer in `lo..=hi`; `why` (may be empty) explains the bound to the user.
+    fn int(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        key: &str,
+        (lo, hi): (i64, i64),
+        default: i64,
+        why: &str,
+    ) -> i64 {
+        let Some(value) = value else { return default };
+        let n = *value.get_ref();
+        let bound = if n < lo {
+            format!("{key} must be at least {lo}, not {n}")
+        } else if n > hi {
+            format!("{key} must be at most {hi}, not {n}")
+        } else {
+            return n;
+        };
+        let message = if why.is_empty() {
+            bound
+        } else {
+            format!("{bound}; {why}")
+        };
+        self.report_at(value, message);
+        default
+    }
+
+    /// One of the spellings in `choices`.
+    fn choice<T: Copy>(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> T {
+        let Some(value) = value else { return default };
+        if let Some(&(_, t)) = choices.iter().find(|(s, _)| s == value.get_ref()) {
+            return t;
+        }
+        let allowed: Vec<&str> = choices.iter().map(|(s, _)| *s).collect();
+        self.report_at(
+            value,
+            format!(
+                "{key} \"{}\" is not one of: {}",
+                value.get_ref(),
+                allowed.join(", ")
+            ),
+        );
+        default
+    }
+
+    fn addr(&mut self, value: &Spanned<String>) -> Option<SocketAddr> {
+        values::socket_addr(value.get_ref())
+            .map_err(|e| self.report_at(value, e))
+            .ok()
+    }
+
+    fn admin(&mut self, admin: &Spanned<AdminFile>) -> AdminConfig {
+        let default = DEFAULT_ADMIN_BIND;
+        let Some(bind) = admin.get_ref().bind.as_ref() else {
+            return AdminConfig { bind: default };
+        };
+        let addr = self.addr(bind).unwrap_or(default);
+        if !addr.ip().is_loopback() {
+            self.report_at(
+                bind,
+                format!(
+                    "admin bind {addr} is not a loopback address; this version has no \
+                     token_file to protect a non-loopback admin API, so use 127.0.0.1 or [::1]"
+                ),
+            );
+        }
+        AdminConfig { bind: addr }
+    }
+
+    fn runtime(&mut self, runtime: Option<&RuntimeFile>) -> RuntimeConfig {
+        let defaults = RuntimeConfig::default();
+        let Some(r) = runtime else { return defaults };
+        let workers = self.int(
+            r.workers.as_ref(),
+            "workers",
+            (0, MAX_WORKERS),
+            0,
+            "0 means one per CPU",
+        );
+        RuntimeConfig {
+            workers: usize::try_from(workers).unwrap_or(0),
+            drain_timeout: self.duration(
+                r.drain_timeout.as_ref(),
+                "drain_timeout",
+                defaults.drain_timeout,
+            ),
+            log_format: self.choice(
+                r.log_format.as_ref(),
+                "log_format",
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+                defaults.log_format,
+            ),
+            access_log: r
+                .access_log
+                .as_ref()
+                .map_or(defaults.access_log, |b| *b.get_ref()),
+        }
+    }
+
+    fn listeners(
+        &mut self,
+        listeners: &[Spanned<ListenerFile>],
+        pools: &[super::PoolConfig],
+    ) -> Vec<ListenerConfig> {
+        let mut names = HashMap::new();
+        let mut binds = HashMap::new();
+        let mut out = Vec::with_capacity(listeners.len());
+        for table in listeners {
+            let start = table.span().start;
+            let l = table.get_ref();
+            let name = self.name(l.name.as_ref(), start, "[[listener]]");
+            let label = if name.is_empty() {
+                "[[listener]]".to_string()
+            } else {
+                format!("[[listener]] \"{name}\"")
+            };
+            if let Some(n) = l.name.as_ref().filter(|_| !name.is_empty()) {
+                let what = format!("listener name \"{name}\"");
+                self.unique(&mut names, name.clone(), n.span().start, &what);
+            }
+            let mut bind = None;
+            if let Some(b) = self.required(l.bind.as_ref(), "bind", start, &label) {
+                bind = self.addr(b);
+                if let Some(addr) = bind {
+                    let what = format!("listener bind address {addr}");
+                    self.unique(&mut binds, addr, b.span().start, &what);
+                }
+            }
+            let mut pool = String::new();
+            if let Some(p) = self.required(l.pool.as_ref(), "pool", start, &label) {
+                pool = p.get_ref().clone();
+                if !pools.iter().any(|x| x.name == pool) {
+                    let defined: Vec<&str> = pools.iter().map(|x| x.name.as_str()).collect();
+                    let known = if defined.is_empty() {
+                        "the file defines no [[pool]]".to_string()
+                    } else {
+                        format!("defined pools: {}", defined.join(", "))
+                    };
+                    self.report_at(
+                        p,
+                        format!("listener names pool \"{pool}\", which is not defined; {known}"),
+                    );
+                }
+            }
+            let max_connections = self.int(
+                l.max_connections.as_ref(),
+                "max_connections",
+                (0, i64::from(u32::MAX)),
+                0,
+                "0 means unlimited",
+            );
+            let idle = self.duration(l.idle_timeout.as_ref(), "idle_timeout", Duration::ZERO);
+            let backlog = self.int(
+                l.backlog.as_ref(),
+                "backlog",
+                (1, i64::from(i32::MAX)),
+                4096,
+                "it is the listen(2) queue length",
+            );
+            out.push(ListenerConfig {
+                name,
+                bind: bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                pool,
+                max_connections: usize::try_from(max_connections).unwrap_or(0),
+                idle_timeout: (!idle.is_zero()).then_some(idle),
+                client_hello_timeout: self.duration(
+                    l.client_hello_timeout.as_ref(),
+                    "client_hello_timeout",
+                    Duration::from_secs(5),
+                ),
+                backlog: u32::try_from(backlog).unwrap_or(4096),
+            });
+        }
+        out
+    }
+}

@@ -1,0 +1,71 @@
+//! Active health checking: one task per backend runs [`probe::Prober`] every interval (with
+//! jitter) and reports each outcome to its pool's supervisor, which alone decides state.
+
+pub mod probe;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::probe::{ProbeOutcome, Prober};
+
+/// A check result on its way to the pool supervisor.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// Backend that was checked.
+    pub backend: SocketAddr,
+    /// What the probe saw.
+    pub outcome: ProbeOutcome,
+    /// True for the start-up check.
+    pub initial: bool,
+}
+
+/// Jitter is up to a tenth of the interval, so checks of many backends drift apart.
+fn jittered(interval: Duration) -> Duration {
+    let max = interval / 10;
+    if max.is_zero() {
+        return interval;
+    }
+    interval + rand::thread_rng().gen_range(Duration::ZERO..=max)
+}
+
+/// Checks `backend` (probing `target`) until `stop` is cancelled or the supervisor goes away.
+/// The first check runs at once and is flagged `initial` when `initial` is true.
+pub async fn run_checks(
+    backend: SocketAddr,
+    target: SocketAddr,
+    prober: Arc<Prober>,
+    interval: Duration,
+    initial: bool,
+    reports: mpsc::Sender<CheckReport>,
+    stop: CancellationToken,
+) {
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(jittered(interval)) => {}
+            }
+        }
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            o = prober.probe(target) => o,
+        };
+        let report = CheckReport {
+            backend,
+            outcome,
+            initial: first && initial,
+        };
+        first = false;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            sent = reports.send(report) => if sent.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! splicer: a layer-4 (TCP) load balancer that splices client streams to backends without
+//! terminating TLS, while health checks hot-swap the set of live backends.
+//!
+//! # Architecture
+//!
+//! Data flows one way: config → runtime → connections.
+//!
+//! ```text
+//! config file ─► config::load (serde mirror → validated Config)
+//!                 └─► app::start
+//!                      ├─ pool::start per pool ─ supervisor task (only writer of backend state)
+//!                      │     ▲ health::run_checks per backend (probe::Prober: TCP / TLS / HTTP)
+//!                      │     └─► ArcSwap<LiveSet> (published once per change)
+//!                      ├─ net::listener::accept_loop per listener (max_connections backpressure)
+//!                      │     └─► proxy::serve per connection: pick (balance) → net::connect
+//!                      │           (retries) → net::pump (both ways) → access log
+//!                      └─ admin::serve (hyper): /health, /ready, /status
+//! ```
+//!
+//! Who owns what: `app` owns the tokens and task trackers (and so shutdown); each pool's
+//! supervisor owns its backends' health state; connections own nothing shared but an RAII
+//! [`pool::Lease`] and counters; the admin API only reads.
+//!
+//! [`rig`] is the simulated cluster used by `splicer rig`, `splicer demo` and the tests.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod health;
+pub mod net;
+pub mod pool;
+pub mod proxy;
+pub mod rig;

@@ -1,0 +1,298 @@
+//! The `splicer` binary: CLI parsing, logging set-up, signals and exit codes; nothing else.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+use splicer::app;
+use splicer::config::{self, Config, LogFormat};
+use splicer::rig::{Rig, RigOptions};
+
+/// Exit code for usage and configuration errors.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for runtime failures (e.g. an address already in use).
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "splicer",
+    version,
+    about = "Layer-4 TLS-passthrough load balancer with HTTPS health checks"
+)]
+struct Cli {
+    /// Log encoding (overrides runtime.log_format).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: PATH from -c, else $SPLICER_CONFIG, else ./splicer.toml.
+    Run {
+        /// Config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config, print a summary; exit 2 listing every problem.
+    Check {
+        /// Config file.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// A simulated cluster on loopback with splicer in front, and what to try.
+    Demo {
+        /// Number of simulated nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Simulated cluster nodes and their control API, without a balancer.
+    Rig {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Address of node 1; node i gets the i-1'th next one.
+        #[arg(long, default_value = "127.0.0.2")]
+        first_ip: Ipv4Addr,
+        /// Port every node listens on.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Address of the control API.
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        control: SocketAddr,
+    },
+}
+
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("SPLICER_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("splicer.toml"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format_override = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Check { config } => check(config_path(config)),
+        Command::Run { config } => {
+            let path = config_path(config);
+            let config = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_logging(format_override.unwrap_or(config.runtime.log_format));
+            let workers = config.runtime.workers;
+            exit_from(runtime(workers).and_then(|rt| rt.block_on(run(config))))
+        }
+        Command::Demo { nodes } => {
+            init_logging(format_override.unwrap_or_default());
+            exit_from(runtime(0).and_then(|rt| rt.block_on(demo(nodes))))
+        }
+        Command::Rig {
+            nodes,
+            first_ip,
+            port,
+            control,
+        } => {
+            init_logging(format_override.unwrap_or_default());
+            let opts = RigOptions {
+                nodes,
+                first_ip,
+                port,
+                control,
+            };
+            exit_from(runtime(0).and_then(|rt| rt.block_on(rig(opts))))
+        }
+    }
+}
+
+fn exit_from(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("splicer: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.build().context("cannot start the async runtime")
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match config::load(&path) {
+        Ok(config) => {
+            println!("{}: OK", path.display());
+            print!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once with code 1.
+async fn first_stop_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "stop requested; a second signal exits at once"
+    );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second stop signal: exiting now");
+        std::process::exit(i32::from(EXIT_RUNTIME));
+    });
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let bound = app::Bound::bind(&config)?;
+    let running = app::start(config, bound).await?;
+    first_stop_signal().await?;
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn rig(opts: RigOptions) -> anyhow::Result<()> {
+    let rig = Rig::start(opts).await.context("cannot start the rig")?;
+    for (i, addr) in rig.node_addrs().iter().enumerate() {
+        println!("node-{} https://{addr}/", i + 1);
+    }
+    println!("control API http://{}/nodes", rig.control_addr());
+    first_stop_signal().await?;
+    rig.shutdown().await;
+    Ok(())
+}
+
+/// The demo's balancer: what `config/rig.toml` says, built in code so `demo` needs no file.
+fn demo_config(nodes: &[SocketAddr]) -> anyhow::Result<Config> {
+    let backends: Vec<String> = nodes.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        r#"
+[admin]
+bind = "127.0.0.1:9090"
+
+[runtime]
+drain_timeout = "5s"
+
+[[listener]]
+name = "https"
+bind = "127.0.0.1:8443"
+pool = "quay"
+
+[[pool]]
+name = "quay"
+backends = [{}]
+connect_timeout = "1s"
+
+[pool.health]
+check = "https"
+path = "/health/instance"
+interval = "1s"
+timeout = "500ms"
+rise = 2
+fall = 2
+"#,
+        backends.join(", ")
+    );
+    config::parse(std::path::Path::new("<demo>"), &text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn demo(nodes: usize) -> anyhow::Result<()> {
+    let rig = Rig::start(RigOptions {
+        nodes,
+        ..RigOptions::default()
+    })
+    .await
+    .context("cannot start the simulated nodes")?;
+    let config = demo_config(&rig.node_addrs())?;
+    let bound = app::Bound::bind(&config)?;
+    let running = app::start(config, bound).await?;
+    let lb = running
+        .listener_addr("https")
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+    let admin = running
+        .admin_addr()
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+    let control = rig.control_addr();
+    println!();
+    println!("splicer demo: {nodes} simulated nodes behind splicer on https://{lb}/");
+    for (i, addr) in rig.node_addrs().iter().enumerate() {
+        println!(
+            "  node-{}  {addr}  (its own self-signed certificate; TLS ends at the node)",
+            i + 1
+        );
+    }
+    println!(
+        r#"
+Try, in another terminal:
+  # which node answered (the balancer rotates; -k because the nodes' certificates are self-signed)
+  for i in 1 2 3 4 5 6; do curl -sk https://{lb}/; done
+  # the certificate is the node's own: splicer does not terminate TLS
+  openssl s_client -connect {lb} </dev/null 2>/dev/null | grep subject=
+  # backend states as splicer sees them
+  curl -s http://{admin}/status
+  # node 2 starts failing its health check: it leaves within ~2.5 s (fall = 2, interval 1 s)
+  curl -s -X POST -d 503 http://{control}/nodes/2/health
+  for i in 1 2 3 4 5 6; do curl -sk https://{lb}/; done
+  # ...and comes back after two passing checks
+  curl -s -X POST -d 200 http://{control}/nodes/2/health
+  # a machine dying: no client connection fails, the node leaves
+  curl -s -X POST http://{control}/nodes/3/stop
+  curl -s -X POST http://{control}/nodes/3/start
+  # the whole cluster: GET http://{control}/nodes
+
+Ctrl-C stops the demo."#
+    );
+    first_stop_signal().await?;
+    running.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), rig.shutdown()).await;
+    Ok(())
+}

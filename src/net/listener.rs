@@ -1,0 +1,128 @@
+//! Binding listening sockets (socket2, so backlog and SO_REUSEPORT are ours to set) and the
+//! accept loop, which applies `max_connections` as backpressure and survives fd exhaustion.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Why a listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// bind/listen failed (address in use, permission...).
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds `addr` with SO_REUSEADDR, SO_REUSEPORT (so a new process can take over the port during
+/// upgrades) and the given backlog. IPv6 sockets are v6-only so `[::]` and `0.0.0.0` can coexist.
+pub fn bind(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, ListenerError> {
+    let err = |source| ListenerError::Bind { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    socket.listen(backlog).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// Whether an accept error means the process or system is out of a resource (fds, memory),
+/// which calls for a pause rather than a busy retry.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Pause after running out of descriptors: long enough for connections to close, short enough
+/// that clients queued in the backlog barely notice.
+const EXHAUSTION_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An accepted client, with its connection slot (released when dropped).
+pub struct Accepted {
+    /// The client socket (TCP_NODELAY set).
+    pub stream: TcpStream,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// The `max_connections` slot, if the listener has a limit.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Accepts until `stop` is cancelled, handing each client to `handle`. With a limit, a slot is
+/// taken before accepting, so at the limit clients wait in the kernel backlog.
+pub async fn accept_loop(
+    name: &str,
+    listener: TcpListener,
+    limit: Option<Arc<Semaphore>>,
+    stop: CancellationToken,
+    mut handle: impl FnMut(Accepted),
+) {
+    let mut exhausted_logged = false;
+    loop {
+        let permit = match &limit {
+            Some(sem) => tokio::select! {
+                _ = stop.cancelled() => return,
+                p = sem.clone().acquire_owned() => match p {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+            },
+            None => None,
+        };
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                exhausted_logged = false;
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(listener = name, client = %peer, error = %e, "cannot set TCP_NODELAY");
+                }
+                handle(Accepted {
+                    stream,
+                    peer,
+                    permit,
+                });
+            }
+            Err(e) if is_resource_exhaustion(&e) => {
+                if !exhausted_logged {
+                    tracing::error!(listener = name, error = %e, "accept failed: out of file descriptors or memory; backing off");
+                    exhausted_logged = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(EXHAUSTION_BACKOFF) => {}
+                }
+            }
+            Err(e) => {
+                // ECONNABORTED and friends concern one client only.
+                tracing::debug!(listener = name, error = %e, "accept failed");
+            }
+        }
+    }
+}
+
+/// Makes the kernel send RST instead of FIN when `stream` is closed.
+pub fn set_reset_on_close(stream: &TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}

@@ -1,0 +1,5 @@
+//! Sockets: binding listeners, the accept loop, connecting to backends, moving bytes.
+
+pub mod connect;
+pub mod listener;
+pub mod pump;

@@ -1,0 +1,218 @@
+//! Moves bytes both ways between client and backend until both directions end or one side
+//! resets. A buffer exists only while a socket is readable: an idle connection holds none.
+//! EOF on one side becomes a write-shutdown toward the other (half-close); a reset on one side
+//! is passed on as a reset (SO_LINGER 0) to the other.
+
+use std::future::pending;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::listener::set_reset_on_close;
+
+/// Bytes read per syscall; big enough for bulk transfers, small enough to be cheap per burst.
+const CHUNK: usize = 32 * 1024;
+
+/// How a proxied connection ended (the access log's `end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed; the client closed first.
+    ClientClosed,
+    /// Both sides closed; the backend closed first.
+    BackendClosed,
+    /// The client reset the connection.
+    ClientReset,
+    /// The backend reset the connection.
+    BackendReset,
+    /// No byte moved for `idle_timeout`.
+    IdleTimeout,
+    /// Cut short by shutdown (or drain) after its grace period.
+    Shutdown,
+}
+
+impl End {
+    /// The access log spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::BackendClosed => "backend_closed",
+            End::ClientReset => "client_reset",
+            End::BackendReset => "backend_reset",
+            End::IdleTimeout => "idle_timeout",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Byte counters of one connection; the pump adds to them as bytes move.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Client → backend.
+    pub to_backend: AtomicU64,
+    /// Backend → client.
+    pub to_client: AtomicU64,
+}
+
+enum DirEnd {
+    /// The source sent EOF; the write side of the destination was shut down.
+    Eof,
+    /// Reading from the source failed (reset).
+    SourceReset,
+    /// Writing to the destination failed (reset).
+    DestReset,
+}
+
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn copy_direction(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    on_bytes: &(dyn Fn(u64) + Sync),
+    activity: Option<&Activity>,
+) -> DirEnd {
+    loop {
+        if from.readable().await.is_err() {
+            return DirEnd::SourceReset;
+        }
+        // Allocated only now that there is something to read; dropped when the socket drains.
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match from.try_read(&mut buf) {
+                Ok(0) => {
+                    let _ = SockRef::from(to).shutdown(Shutdown::Write);
+                    return DirEnd::Eof;
+                }
+                Ok(n) => {
+                    if let Some(a) = activity {
+                        a.touch();
+                    }
+                    if write_all(to, &buf[..n]).await.is_err() {
+                        return DirEnd::DestReset;
+                    }
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    on_bytes(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return DirEnd::SourceReset,
+            }
+        }
+    }
+}
+
+/// Splices `client` and `backend` until the connection ends; `stop` cuts it short.
+/// `on_to_backend` / `on_to_client` see every chunk as it moves (for live byte counters).
+pub async fn run(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle_timeout: Option<Duration>,
+    stop: &CancellationToken,
+    traffic: &Traffic,
+    on_to_backend: &(dyn Fn(u64) + Sync),
+    on_to_client: &(dyn Fn(u64) + Sync),
+) -> End {
+    let activity = idle_timeout.map(|_| Activity {
+        epoch: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let activity = activity.as_ref();
+    let upstream = copy_direction(
+        client,
+        backend,
+        &traffic.to_backend,
+        on_to_backend,
+        activity,
+    );
+    let downstream = copy_direction(backend, client, &traffic.to_client, on_to_client, activity);
+    let idle = async {
+        match (idle_timeout, activity) {
+            (Some(limit), Some(a)) => a.idle_for(limit).await,
+            _ => pending().await,
+        }
+    };
+    tokio::pin!(upstream, downstream, idle);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut client_closed_first = None;
+    loop {
+        tokio::select! {
+            end = &mut upstream, if !up_done => match end {
+                DirEnd::Eof => {
+                    up_done = true;
+                    client_closed_first.get_or_insert(true);
+                }
+                DirEnd::SourceReset => {
+                    set_reset_on_close(backend);
+                    return End::ClientReset;
+                }
+                DirEnd::DestReset => {
+                    set_reset_on_close(client);
+                    return End::BackendReset;
+                }
+            },
+            end = &mut downstream, if !down_done => match end {
+                DirEnd::Eof => {
+                    down_done = true;
+                    client_closed_first.get_or_insert(false);
+                }
+                DirEnd::SourceReset => {
+                    set_reset_on_close(client);
+                    return End::BackendReset;
+                }
+                DirEnd::DestReset => {
+                    set_reset_on_close(backend);
+                    return End::ClientReset;
+                }
+            },
+            _ = &mut idle => return End::IdleTimeout,
+            _ = stop.cancelled() => return End::Shutdown,
+        }
+        if up_done && down_done {
+            return if client_closed_first == Some(true) {
+                End::ClientClosed
+            } else {
+                End::BackendClosed
+            };
+        }
+    }
+}
