@@ -3,7 +3,7 @@
 //! order of start-up and shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,8 @@ pub struct AppState {
     pub listeners: Vec<Arc<ListenerCtx>>,
     listening: AtomicBool,
     shutting_down: AtomicBool,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
 }
 
 impl AppState {
@@ -86,6 +88,24 @@ impl AppState {
         self.listening.load(Ordering::Acquire)
             && !self.shutting_down.load(Ordering::Acquire)
             && self.pools.iter().all(|p| p.has_live_backend())
+    }
+
+    /// Pools now serving (config order).
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.clone()
+    }
+
+    /// Listeners now accepting (config order).
+    pub fn listeners(&self) -> Vec<Arc<ListenerCtx>> {
+        self.listeners.clone()
+    }
+
+    /// Config reloads so far: (succeeded, failed).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether a shutdown has begun.
@@ -162,6 +182,8 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
         listeners,
         listening: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
+        reloads_ok: AtomicU64::new(0),
+        reloads_failed: AtomicU64::new(0),
     });
 
     let mut admin_addr = None;

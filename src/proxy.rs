@@ -92,7 +92,7 @@ async fn connect_with_retries(
         match connect(backend.address, pool.config.connect_timeout).await {
             Ok(stream) => return Ok((stream, backend.connected())),
             Err(failure) => {
-                pool.report_connect_failure(&backend);
+                pool.report_connect_failure(&backend, failure);
                 tracing::debug!(pool = %pool.name, backend = %backend.address, client = %client,
                     reason = failure.as_str(), "backend connect failed");
                 last_failure = Some(failure);

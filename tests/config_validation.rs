@@ -68,12 +68,14 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn each_rule_reports_one_problem_at_its_place() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "empty.pem", "no certificate here\n");
+    write(dir.path(), "empty.token", "  \n");
     let cases = vec![
         case("unknown key", in_pool("discover = { dns = \"x\" }\n"), 8, 1,
              "unknown key \"discover\" in [[pool]] (not yet accepted by this version of splicer); expected one of: name, balance"),
         case("unknown key in health", in_health("chek = \"https\"\n"), 9, 1,
              "unknown key \"chek\" in [pool.health] (did you mean \"check\"?); expected one of: check, path"),
-        case("later key", in_admin("token_file = \"t\"\n"), 2, 1, "unknown key \"token_file\" in [admin]"),
+        case("token_file unreadable", in_admin("token_file = \"missing-token\"\n"), 2, 14, "cannot read token_file"),
+        case("token_file empty", in_admin("token_file = \"empty.token\"\n"), 2, 14, "token_file"),
         case("later key in listener", in_listener("accept_proxy = true\n"), 8, 1,
              "unknown key \"accept_proxy\" in [[listener]]"),
         case("later table", in_pool("[pool.cluster_health]\n"), 8, 7, "unknown key \"cluster_health\""),
@@ -153,7 +155,7 @@ fn each_rule_reports_one_problem_at_its_place() {
         case("ca_file without cert", in_health("ca_file = \"empty.pem\"\n"), 9, 11,
              "contains no PEM certificate"),
         case("admin not loopback", in_admin("bind = \"0.0.0.0:9090\"\n"), 2, 8,
-             "not a loopback address; this version has no token_file to protect a non-loopback admin API"),
+             "not a loopback address, and without token_file"),
         case("host with space", in_health("host = \"quay example.com\"\n"), 9, 8, "must not contain spaces"),
         case("host with slash", in_health("host = \"https://quay.example.com\"\n"), 9, 8,
              "without scheme or path"),

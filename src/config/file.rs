@@ -33,6 +33,8 @@ pub struct FileConfig {
 pub struct AdminFile {
     /// `ip:port` of the admin API.
     pub bind: Option<Spanned<String>>,
+    /// File holding the bearer token POST requests must carry.
+    pub token_file: Option<Spanned<String>>,
 }
 
 /// `[runtime]`.
@@ -143,7 +145,7 @@ pub struct BackendTable {
 /// change together; a test in `validate` checks they still match.
 pub const TABLES: &[(&str, &[&str])] = &[
     ("the top level", &["admin", "runtime", "listener", "pool"]),
-    ("[admin]", &["bind"]),
+    ("[admin]", &["bind", "token_file"]),
     (
         "[runtime]",
         &["workers", "drain_timeout", "log_format", "access_log"],

@@ -2,6 +2,7 @@
 //! [`Config`] below, which cannot hold an invalid value. `run`, `check` and (later) reload all go
 //! through [`load`], so they accept and reject exactly the same files.
 
+pub mod diff;
 mod error;
 mod file;
 mod validate;
@@ -135,8 +136,40 @@ impl Config {
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Address of the admin HTTP API; loopback only (no token support yet).
+    /// Address of the admin HTTP API (non-loopback only with a token).
     pub bind: SocketAddr,
+    /// Bearer token required on POST requests, read from `token_file`.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token; never printed (Debug shows it redacted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Wraps a token.
+    pub fn new(token: String) -> Self {
+        AdminToken(token)
+    }
+
+    /// Compares `candidate` with the token in time independent of where they differ, so the
+    /// token can't be guessed byte by byte from response times.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let token = self.0.as_bytes();
+        let mut diff = u8::from(token.len() != candidate.len());
+        for i in 0..token.len().max(candidate.len()) {
+            let a = token.get(i).copied().unwrap_or(0);
+            let b = candidate.get(i).copied().unwrap_or(0xff);
+            diff |= a ^ b;
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// Log line encoding.

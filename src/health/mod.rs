@@ -35,7 +35,8 @@ fn jittered(interval: Duration) -> Duration {
 }
 
 /// Checks `backend` (probing `target`) until `stop` is cancelled or the supervisor goes away.
-/// The first check runs at once and is flagged `initial` when `initial` is true.
+/// The first check runs at once and is flagged `initial` when `initial` is true; the next ones
+/// start every `interval` (plus jitter), start to start.
 pub async fn run_checks(
     backend: SocketAddr,
     target: SocketAddr,
@@ -46,13 +47,18 @@ pub async fn run_checks(
     stop: CancellationToken,
 ) {
     let mut first = true;
+    // Checks start `interval` (plus jitter) apart, measured start to start: a check that runs
+    // into its `timeout` must not stretch the period, or detecting a hung backend would take
+    // `fall × (interval + timeout)` instead of `fall × interval + timeout`.
+    let mut next_start = tokio::time::Instant::now();
     loop {
         if !first {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(jittered(interval)) => {}
+                _ = tokio::time::sleep_until(next_start) => {}
             }
         }
+        next_start = tokio::time::Instant::now() + jittered(interval);
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
             o = prober.probe(target) => o,

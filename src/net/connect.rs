@@ -23,6 +23,26 @@ pub enum ConnectFailure {
 }
 
 impl ConnectFailure {
+    /// Every reason, in metric order.
+    pub const ALL: [ConnectFailure; 5] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Timeout,
+        ConnectFailure::Reset,
+        ConnectFailure::Unreachable,
+        ConnectFailure::Other,
+    ];
+
+    /// Position in `ALL`.
+    pub fn index(self) -> usize {
+        match self {
+            ConnectFailure::Refused => 0,
+            ConnectFailure::Timeout => 1,
+            ConnectFailure::Reset => 2,
+            ConnectFailure::Unreachable => 3,
+            ConnectFailure::Other => 4,
+        }
+    }
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -7,6 +7,49 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::net::connect::ConnectFailure;
+
+/// Upper bounds (seconds) of the health-check duration histogram: checks take from well under
+/// a millisecond on a LAN to the whole timeout, and Quay's own check can take seconds.
+pub const CHECK_DURATION_BUCKETS: [f64; 12] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// A fixed-bucket histogram of check durations, lock-free so `/metrics` never waits on it.
+#[derive(Debug, Default)]
+pub struct CheckDurations {
+    /// Observations at or below each bound of `CHECK_DURATION_BUCKETS` (not cumulative).
+    buckets: [AtomicU64; CHECK_DURATION_BUCKETS.len()],
+    /// Observations above the last bound.
+    overflow: AtomicU64,
+    /// Sum of observations, in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl CheckDurations {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        match CHECK_DURATION_BUCKETS.iter().position(|&b| secs <= b) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, cumulative counts per bound of `CHECK_DURATION_BUCKETS`).
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let mut out = Vec::with_capacity(CHECK_DURATION_BUCKETS.len());
+        for (i, bound) in CHECK_DURATION_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            out.push((*bound, cumulative));
+        }
+        let count = cumulative + self.overflow.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, count, out)
+    }
+}
+
 /// Administrative and health state of a backend, as shown on `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendState {
@@ -78,7 +121,11 @@ pub struct Backend {
     active: AtomicU64,
     total: AtomicU64,
     connect_failures: AtomicU64,
+    connect_failures_by_reason: [AtomicU64; ConnectFailure::ALL.len()],
     consecutive_connect_failures: AtomicU32,
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
+    check_duration: CheckDurations,
     bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
     last_check: Mutex<Option<CheckRecord>>,
@@ -95,7 +142,11 @@ impl Backend {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            connect_failures_by_reason: Default::default(),
             consecutive_connect_failures: AtomicU32::new(0),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            check_duration: CheckDurations::default(),
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             last_check: Mutex::new(None),
@@ -147,9 +198,39 @@ impl Backend {
         self.bytes_to_client.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Data-path connect failures for one reason.
+    pub fn connect_failures_for(&self, reason: ConnectFailure) -> u64 {
+        self.connect_failures_by_reason[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Health checks that passed and failed so far.
+    pub fn checks(&self) -> (u64, u64) {
+        (
+            self.checks_passed.load(Ordering::Relaxed),
+            self.checks_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Distribution of health-check durations.
+    pub fn check_durations(&self) -> &CheckDurations {
+        &self.check_duration
+    }
+
+    /// Only the pool supervisor counts checks.
+    pub(crate) fn record_check(&self, pass: bool, took: Duration) {
+        let counter = if pass {
+            &self.checks_passed
+        } else {
+            &self.checks_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.check_duration.observe(took);
+    }
+
     /// Records a failed data-path connect; returns the consecutive-failure count.
-    pub fn record_connect_failure(&self) -> u32 {
+    pub fn record_connect_failure(&self, reason: ConnectFailure) -> u32 {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.connect_failures_by_reason[reason.index()].fetch_add(1, Ordering::Relaxed);
         self.consecutive_connect_failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1)

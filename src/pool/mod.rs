@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 
 use crate::balance;
 use crate::config::PoolConfig;
+use crate::net::connect::ConnectFailure;
 
-pub use backend::{Backend, BackendState, CheckRecord, Lease};
+pub use backend::{Backend, BackendState, CheckDurations, CheckRecord, Lease, CHECK_DURATION_BUCKETS};
 pub use live_set::LiveSet;
 pub use supervisor::{start, Started};
 
@@ -70,8 +71,8 @@ impl Pool {
     }
 
     /// Records a failed data-path connect; tells the supervisor once the passive threshold is hit.
-    pub fn report_connect_failure(&self, backend: &Backend) {
-        let consecutive = backend.record_connect_failure();
+    pub fn report_connect_failure(&self, backend: &Backend, reason: ConnectFailure) {
+        let consecutive = backend.record_connect_failure(reason);
         let fall = self.config.passive_fall;
         // Exactly one failure sees the count equal to the threshold, so one message per episode.
         if fall > 0 && consecutive == fall {

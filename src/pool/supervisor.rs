@@ -163,6 +163,7 @@ impl Supervisor {
             Err(e) => e.to_string(),
         };
         let slot = &mut self.slots[i];
+        slot.backend.record_check(pass, outcome.latency);
         slot.backend.set_last_check(CheckRecord {
             ok: pass,
             status: outcome.status,

@@ -20,7 +20,7 @@ use toml::Spanned;
 use super::error::{line_col, Location};
 use super::file::{AdminFile, FileConfig, ListenerFile, RuntimeFile};
 use super::{
-    parse_duration, AdminConfig, Config, ConfigError, ListenerConfig, LogFormat, Problem,
+    parse_duration, AdminConfig, AdminToken, Config, ConfigError, ListenerConfig, LogFormat, Problem,
     RuntimeConfig,
 };
 
@@ -233,21 +233,63 @@ impl Checker<'_> {
     }
 
     fn admin(&mut self, admin: &Spanned<AdminFile>) -> AdminConfig {
-        let default = DEFAULT_ADMIN_BIND;
-        let Some(bind) = admin.get_ref().bind.as_ref() else {
-            return AdminConfig { bind: default };
+        let file = admin.get_ref();
+        let token = file
+            .token_file
+            .as_ref()
+            .filter(|t| !t.get_ref().is_empty())
+            .and_then(|t| self.token_file(t));
+        let Some(bind) = file.bind.as_ref() else {
+            return AdminConfig {
+                bind: DEFAULT_ADMIN_BIND,
+                token,
+            };
         };
-        let addr = self.addr(bind).unwrap_or(default);
-        if !addr.ip().is_loopback() {
+        let addr = self.addr(bind).unwrap_or(DEFAULT_ADMIN_BIND);
+        let token_given = file.token_file.as_ref().is_some_and(|t| !t.get_ref().is_empty());
+        if !addr.ip().is_loopback() && !token_given {
             self.report_at(
                 bind,
                 format!(
-                    "admin bind {addr} is not a loopback address; this version has no \
-                     token_file to protect a non-loopback admin API, so use 127.0.0.1 or [::1]"
+                    "admin bind {addr} is not a loopback address, and without token_file anyone \
+                     who can reach it could drain backends or reload; set token_file or bind to \
+                     127.0.0.1 or [::1]"
                 ),
             );
         }
-        AdminConfig { bind: addr }
+        AdminConfig { bind: addr, token }
+    }
+
+    /// Reads the bearer token now, so a missing or empty file is a config error rather than a
+    /// 401 on every request later. Relative paths are resolved against the config's directory.
+    fn token_file(&mut self, value: &Spanned<String>) -> Option<AdminToken> {
+        let given = std::path::PathBuf::from(value.get_ref());
+        let resolved = match self.path.parent() {
+            Some(dir) if given.is_relative() => dir.join(&given),
+            _ => given,
+        };
+        let shown = resolved.display();
+        match std::fs::read_to_string(&resolved) {
+            Err(e) => {
+                self.report_at(value, format!("cannot read token_file {shown}: {e}"));
+                None
+            }
+            Ok(text) => {
+                let token = text.trim();
+                if token.is_empty() {
+                    self.report_at(value, format!("token_file {shown} is empty"));
+                    None
+                } else if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    self.report_at(
+                        value,
+                        format!("token_file {shown} must hold one token without spaces"),
+                    );
+                    None
+                } else {
+                    Some(AdminToken::new(token.to_string()))
+                }
+            }
+        }
     }
 
     fn runtime(&mut self, runtime: Option<&RuntimeFile>) -> RuntimeConfig {

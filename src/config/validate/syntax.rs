@@ -9,7 +9,6 @@ use crate::config::file::TABLES;
 
 /// Keys that a later version of splicer accepts; naming them saves users a trip to the docs.
 const LATER_KEYS: &[&str] = &[
-    "token_file",
     "accept_proxy",
     "route",
     "discover",

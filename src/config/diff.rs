@@ -1,0 +1,188 @@
+//! What a reload changes: a pure comparison of the running config with the new one. The app
+//! applies it; this module only names the differences.
+
+use std::net::SocketAddr;
+
+use super::{Config, ListenerConfig, PoolConfig};
+
+/// Differences between two valid configs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// Listeners (by name) that are new, or whose bind address changed.
+    pub listeners_added: Vec<String>,
+    /// Listeners (by name) that are gone, or whose bind address changed.
+    pub listeners_removed: Vec<String>,
+    /// Listeners kept with their socket whose other settings changed.
+    pub listeners_changed: Vec<String>,
+    /// New pools.
+    pub pools_added: Vec<String>,
+    /// Pools that are gone.
+    pub pools_removed: Vec<String>,
+    /// Pools kept whose settings or members changed.
+    pub pools_changed: Vec<String>,
+    /// `pool/address` of backends new in kept or new pools.
+    pub backends_added: Vec<String>,
+    /// `pool/address` of backends gone from kept or removed pools.
+    pub backends_removed: Vec<String>,
+    /// Settings that only take effect at the next start (named for the log).
+    pub needs_restart: Vec<&'static str>,
+}
+
+impl ConfigDiff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigDiff::default()
+    }
+}
+
+fn backend_key(pool: &str, addr: SocketAddr) -> String {
+    format!("{pool}/{addr}")
+}
+
+fn addresses(p: &PoolConfig) -> Vec<SocketAddr> {
+    p.backends.iter().map(|b| b.address).collect()
+}
+
+fn find_listener<'a>(c: &'a Config, name: &str) -> Option<&'a ListenerConfig> {
+    c.listeners.iter().find(|l| l.name == name)
+}
+
+/// Compares `old` (running) with `new` (just validated).
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let mut d = ConfigDiff::default();
+    for l in &new.listeners {
+        match find_listener(old, &l.name) {
+            None => d.listeners_added.push(l.name.clone()),
+            Some(o) if o.bind != l.bind || o.backlog != l.backlog => {
+                // A new address (or backlog, fixed at listen(2)) needs a new socket.
+                d.listeners_removed.push(l.name.clone());
+                d.listeners_added.push(l.name.clone());
+            }
+            Some(o) if o != l => d.listeners_changed.push(l.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for l in &old.listeners {
+        if find_listener(new, &l.name).is_none() {
+            d.listeners_removed.push(l.name.clone());
+        }
+    }
+    for p in &new.pools {
+        match old.pool(&p.name) {
+            None => {
+                d.pools_added.push(p.name.clone());
+                d.backends_added
+                    .extend(addresses(p).into_iter().map(|a| backend_key(&p.name, a)));
+            }
+            Some(o) => {
+                let (oa, na) = (addresses(o), addresses(p));
+                d.backends_added.extend(
+                    na.iter()
+                        .filter(|a| !oa.contains(a))
+                        .map(|a| backend_key(&p.name, *a)),
+                );
+                d.backends_removed.extend(
+                    oa.iter()
+                        .filter(|a| !na.contains(a))
+                        .map(|a| backend_key(&p.name, *a)),
+                );
+                if o != p {
+                    d.pools_changed.push(p.name.clone());
+                }
+            }
+        }
+    }
+    for p in &old.pools {
+        if new.pool(&p.name).is_none() {
+            d.pools_removed.push(p.name.clone());
+            d.backends_removed
+                .extend(addresses(p).into_iter().map(|a| backend_key(&p.name, a)));
+        }
+    }
+    if old.admin.as_ref().map(|a| a.bind) != new.admin.as_ref().map(|a| a.bind) {
+        d.needs_restart.push("admin.bind");
+    }
+    if old.runtime.workers != new.runtime.workers {
+        d.needs_restart.push("runtime.workers");
+    }
+    if old.runtime.log_format != new.runtime.log_format {
+        d.needs_restart.push("runtime.log_format");
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(text: &str) -> Config {
+        super::super::parse(Path::new("t.toml"), text).expect("valid")
+    }
+
+    const BASE: &str = r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:7001"
+pool = "p"
+[[listener]]
+name = "b"
+bind = "127.0.0.1:7002"
+pool = "p"
+[[pool]]
+name = "p"
+backends = ["127.0.0.2:443", "127.0.0.3:443"]
+"#;
+
+    #[test]
+    fn identical_configs_differ_in_nothing() {
+        assert!(diff(&cfg(BASE), &cfg(BASE)).is_empty());
+    }
+
+    #[test]
+    fn backends_added_and_removed() {
+        let new = BASE.replace(
+            r#"["127.0.0.2:443", "127.0.0.3:443"]"#,
+            r#"["127.0.0.3:443", "127.0.0.4:443"]"#,
+        );
+        let d = diff(&cfg(BASE), &cfg(&new));
+        assert_eq!(d.backends_added, vec!["p/127.0.0.4:443"]);
+        assert_eq!(d.backends_removed, vec!["p/127.0.0.2:443"]);
+        assert_eq!(d.pools_changed, vec!["p"]);
+        assert!(d.listeners_added.is_empty() && d.listeners_removed.is_empty());
+    }
+
+    #[test]
+    fn listener_rebinds_are_remove_plus_add_and_settings_are_changes() {
+        let new = BASE
+            .replace("127.0.0.1:7002", "127.0.0.1:7003")
+            .replace(
+                "name = \"a\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"",
+                "name = \"a\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"\nmax_connections = 5",
+            );
+        let d = diff(&cfg(BASE), &cfg(&new));
+        assert_eq!(d.listeners_added, vec!["b"]);
+        assert_eq!(d.listeners_removed, vec!["b"]);
+        assert_eq!(d.listeners_changed, vec!["a"]);
+    }
+
+    #[test]
+    fn pools_added_and_removed_carry_their_backends() {
+        let new = r#"
+[[listener]]
+name = "a"
+bind = "127.0.0.1:7001"
+pool = "q"
+[[pool]]
+name = "q"
+backends = ["127.0.0.9:443"]
+"#;
+        let d = diff(&cfg(BASE), &cfg(new));
+        assert_eq!(d.pools_added, vec!["q"]);
+        assert_eq!(d.pools_removed, vec!["p"]);
+        assert_eq!(d.backends_added, vec!["q/127.0.0.9:443"]);
+        assert_eq!(d.backends_removed, vec!["p/127.0.0.2:443", "p/127.0.0.3:443"]);
+        assert_eq!(d.listeners_removed, vec!["b"]);
+        assert_eq!(d.listeners_changed, vec!["a"]);
+    }
+}

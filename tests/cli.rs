@@ -1,0 +1,399 @@
+//! The `splicer` binary's command line (DESIGN.md §2): `--version`, `check` on every example,
+//! config errors as `PATH:LINE:COL: message` with exit 2 (for `run` too, before anything
+//! binds), the config path rules, exit 1 on an address in use, usage errors, and JSON logs.
+//!
+//! Every child is killed when its handle drops, and every wait is bounded.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Longest any one invocation may take; `check` and failing `run`s take milliseconds.
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The binary with a clean environment: no inherited config path or log filter, and a
+/// working directory of the caller's choice (so no stray `./splicer.toml` is picked up).
+fn splicer(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splicer"));
+    cmd.current_dir(cwd)
+        .env_remove("SPLICER_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `cmd` to completion within [`LIMIT`].
+async fn finish(mut cmd: Command) -> Output {
+    let child = cmd.spawn().expect("splicer starts");
+    tokio::time::timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("splicer exits in time (the child is killed on drop)")
+        .expect("collect output")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A valid config whose listener binds `listen` and whose pool needs no health checks.
+fn valid_config(listen: SocketAddr) -> String {
+    format!(
+        "[[listener]]\nname = \"front\"\nbind = \"{listen}\"\npool = \"p\"\n\n\
+         [[pool]]\nname = \"p\"\nbackends = [\"127.0.0.1:9\"]\n\n\
+         [pool.health]\ncheck = \"none\"\n"
+    )
+}
+
+/// Three problems (lines 4, 9 and 10); the listener binds `listen`.
+fn invalid_config(listen: SocketAddr) -> String {
+    format!(
+        "[[listener]]\nname = \"front\"\nbind = \"{listen}\"\npool = \"missing\"\n\
+         [[pool]]\nname = \"p\"\nbackends = [\"127.0.0.1:9\"]\n\
+         [pool.health]\nrise = 0\nfall = 0\n"
+    )
+}
+
+/// Splits `PATH:LINE:COL: message` for a known `path`.
+fn located<'a>(line: &'a str, path: &Path) -> Option<(usize, usize, &'a str)> {
+    let rest = line.strip_prefix(&format!("{}:", path.display()))?;
+    let (l, rest) = rest.split_once(':')?;
+    let (c, message) = rest.split_once(": ")?;
+    Some((l.parse().ok()?, c.parse().ok()?, message))
+}
+
+fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+#[tokio::test]
+async fn version_prints_name_and_crate_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = splicer(dir.path());
+    cmd.arg("--version");
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim_end(), "splicer 0.1.0");
+    assert_eq!(
+        stdout(&out).trim_end(),
+        format!("splicer {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn check_accepts_every_example_and_prints_a_summary() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let mut cmd = splicer(&dir);
+        cmd.arg("check").arg("-c").arg(&path);
+        let out = finish(cmd).await;
+        let text = stdout(&out);
+        assert_eq!(code(&out), Some(0), "{}: {}", path.display(), stderr(&out));
+        assert!(
+            text.starts_with(&format!("{}: OK\n", path.display())),
+            "{}:\n{text}",
+            path.display()
+        );
+        // The summary names every listener, pool and backend of the file.
+        let config = splicer::config::load(&path).expect("example loads");
+        for l in &config.listeners {
+            assert!(text.contains(&format!("{}: bind {}", l.name, l.bind)), "{text}");
+        }
+        for p in &config.pools {
+            assert!(text.contains(&format!("  {}: balance ", p.name)), "{text}");
+            for b in &p.backends {
+                assert!(text.contains(&b.address.to_string()), "{text}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} example configs found");
+}
+
+#[tokio::test]
+async fn check_reports_every_problem_as_path_line_col_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "bad.toml", &invalid_config(loopback_any()));
+    let mut cmd = splicer(dir.path());
+    cmd.arg("check").arg("-c").arg(&path);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "", "nothing on stdout for an invalid file");
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per problem:\n{err}");
+    let places: Vec<(usize, usize)> = lines
+        .iter()
+        .map(|l| {
+            let (line, col, message) =
+                located(l, &path).unwrap_or_else(|| panic!("not PATH:LINE:COL: message: {l}"));
+            assert!(!message.is_empty(), "{l}");
+            (line, col)
+        })
+        .collect();
+    assert_eq!(places, [(4, 8), (9, 8), (10, 8)], "{err}");
+    assert!(lines[0].contains("\"missing\""), "{err}");
+    assert!(lines[1].contains("rise"), "{err}");
+    assert!(lines[2].contains("fall"), "{err}");
+
+    // A structural error stops reading: exactly one line, at its place.
+    let path = write(
+        dir.path(),
+        "typo.toml",
+        "[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nbogus = 1\n",
+    );
+    let mut cmd = splicer(dir.path());
+    cmd.arg("check").arg("-c").arg(&path);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (line, col, message) = located(err.trim_end(), &path).expect("PATH:LINE:COL: message");
+    assert_eq!((line, col), (5, 1), "{err}");
+    assert!(message.contains("unknown key \"bogus\""), "{err}");
+}
+
+#[tokio::test]
+async fn run_with_an_invalid_config_exits_2_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hold the listen address: had `run` tried to bind before validating, it would fail with
+    // "address in use" (exit 1) instead of the config problems (exit 2).
+    let held = TcpListener::bind(loopback_any()).expect("bind");
+    let listen = held.local_addr().unwrap();
+    let path = write(dir.path(), "bad.toml", &invalid_config(listen));
+    let mut cmd = splicer(dir.path());
+    cmd.arg("run").arg("-c").arg(&path);
+    let started = Instant::now();
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(5), "run lingered");
+    let err = stderr(&out);
+    let places: Vec<(usize, usize)> = err
+        .lines()
+        .map(|l| {
+            let (line, col, _) =
+                located(l, &path).unwrap_or_else(|| panic!("not PATH:LINE:COL: message: {l}"));
+            (line, col)
+        })
+        .collect();
+    assert_eq!(places, [(4, 8), (9, 8), (10, 8)], "the same lines as check:\n{err}");
+    assert!(
+        !err.contains("listening") && !err.contains("cannot listen"),
+        "{err}"
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn config_path_comes_from_flag_then_env_then_current_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let good = write(cwd, "good.toml", &valid_config(loopback_any()));
+    let bad = write(cwd, "bad.toml", &invalid_config(loopback_any()));
+
+    // No flag, no env, no ./splicer.toml: the default name is looked for and reported.
+    let mut cmd = splicer(cwd);
+    cmd.arg("check");
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2));
+    assert!(stderr(&out).starts_with("splicer.toml: "), "{}", stderr(&out));
+
+    // ./splicer.toml in the working directory.
+    write(cwd, "splicer.toml", &valid_config(loopback_any()));
+    let mut cmd = splicer(cwd);
+    cmd.arg("check");
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("splicer.toml: OK\n"), "{}", stdout(&out));
+
+    // $SPLICER_CONFIG wins over ./splicer.toml.
+    let mut cmd = splicer(cwd);
+    cmd.arg("check").env("SPLICER_CONFIG", &bad);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2), "{}", stdout(&out));
+    assert!(
+        stderr(&out).starts_with(&format!("{}:4:8: ", bad.display())),
+        "{}",
+        stderr(&out)
+    );
+    let other = tempfile::tempdir().unwrap();
+    let mut cmd = splicer(other.path());
+    cmd.arg("check").env("SPLICER_CONFIG", &good);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!("{}: OK\n", good.display())),
+        "{}",
+        stdout(&out)
+    );
+
+    // -c wins over $SPLICER_CONFIG (and over ./splicer.toml).
+    write(cwd, "splicer.toml", &invalid_config(loopback_any()));
+    let mut cmd = splicer(cwd);
+    cmd.arg("check").arg("-c").arg(&good).env("SPLICER_CONFIG", &bad);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("{}: OK\n", good.display())));
+
+    // `run` follows the same rules (shown with files it rejects, so nothing starts).
+    let mut cmd = splicer(cwd);
+    cmd.arg("run");
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2));
+    assert!(stderr(&out).starts_with("splicer.toml:4:8: "), "{}", stderr(&out));
+    let missing = cwd.join("missing.toml");
+    let mut cmd = splicer(cwd);
+    cmd.arg("run").env("SPLICER_CONFIG", &missing);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        stderr(&out).starts_with(&format!("{}: ", missing.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn run_on_an_address_in_use_exits_1_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = TcpListener::bind(loopback_any()).expect("bind");
+    let taken = held.local_addr().unwrap();
+
+    // The listener's address.
+    let path = write(dir.path(), "listener.toml", &valid_config(taken));
+    // The admin API's address (the listener itself is free).
+    let admin = format!("[admin]\nbind = \"{taken}\"\n{}", valid_config(loopback_any()));
+    let admin_path = write(dir.path(), "admin.toml", &admin);
+
+    for path in [path, admin_path] {
+        let mut cmd = splicer(dir.path());
+        cmd.arg("run").arg("-c").arg(&path);
+        let out = finish(cmd).await;
+        let err = stderr(&out);
+        assert_eq!(code(&out), Some(1), "{}: {err}", path.display());
+        let message = err
+            .lines()
+            .find(|l| l.starts_with("splicer: "))
+            .unwrap_or_else(|| panic!("no `splicer: ...` message:\n{err}"));
+        assert!(message.contains(&taken.to_string()), "{message}");
+        assert!(
+            message.to_ascii_lowercase().contains("in use"),
+            "{message}"
+        );
+    }
+    drop(held);
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["frobnicate"], "frobnicate"),
+        (&["--frobnicate"], "--frobnicate"),
+        (&["check", "--frobnicate"], "--frobnicate"),
+        (&["run", "-x"], "-x"),
+        (&["--log-format", "xml", "check"], "xml"),
+        (&[], "Usage"),
+    ];
+    for (args, mention) in cases {
+        let mut cmd = splicer(dir.path());
+        cmd.args(*args);
+        let out = finish(cmd).await;
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(mention), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// Starts `run` on `config` and returns the child and the first stderr line that mentions
+/// "listening" together with every line before it.
+async fn first_log_lines(dir: &Path, config: &str, extra: &[&str]) -> (Child, Vec<String>) {
+    let path = write(dir, "log.toml", config);
+    let mut cmd = splicer(dir);
+    cmd.args(extra).arg("run").arg("-c").arg(&path);
+    let mut child = cmd.spawn().expect("splicer starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no \"listening\" log line in time; got {seen:#?}"))
+            .expect("read stderr")
+            .unwrap_or_else(|| panic!("splicer exited early; stderr: {seen:#?}"));
+        let done = line.contains("listening");
+        seen.push(line);
+        if done {
+            return (child, seen);
+        }
+    }
+}
+
+#[tokio::test]
+async fn log_format_json_makes_every_log_line_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = valid_config(loopback_any());
+
+    let (mut child, lines) = first_log_lines(dir.path(), &config, &["--log-format", "json"]).await;
+    child.kill().await.expect("kill");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(v.is_object(), "{line}");
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["timestamp"].is_string(), "{line}");
+    }
+    let listening: serde_json::Value =
+        serde_json::from_str(lines.last().expect("a line")).expect("JSON");
+    assert_eq!(listening["message"], "listening", "{listening}");
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    assert_eq!(listening["listener"], "front", "{listening}");
+    let bind: SocketAddr = listening["bind"]
+        .as_str()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("bind field is an address: {listening}"));
+    assert_ne!(bind.port(), 0, "the bound port is logged");
+
+    // Without the flag the default is text...
+    let (mut child, lines) = first_log_lines(dir.path(), &config, &[]).await;
+    child.kill().await.expect("kill");
+    let last = lines.last().expect("a line");
+    assert!(serde_json::from_str::<serde_json::Value>(last).is_err(), "{last}");
+    assert!(last.contains("listener=front"), "{last}");
+    assert!(!last.contains('\x1b'), "no colour codes when stderr is not a terminal: {last:?}");
+
+    // ...and the flag overrides `runtime.log_format`.
+    let json_config = format!("[runtime]\nlog_format = \"json\"\n{config}");
+    let (mut child, lines) = first_log_lines(dir.path(), &json_config, &[]).await;
+    child.kill().await.expect("kill");
+    assert!(serde_json::from_str::<serde_json::Value>(lines.last().unwrap()).is_ok());
+    let (mut child, lines) =
+        first_log_lines(dir.path(), &json_config, &["--log-format", "text"]).await;
+    child.kill().await.expect("kill");
+    let last = lines.last().expect("a line");
+    assert!(serde_json::from_str::<serde_json::Value>(last).is_err(), "{last}");
+}
