@@ -23,12 +23,15 @@
 //!
 //! [`rig`] is the simulated cluster used by `splicer rig`, `splicer demo` and the tests.
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod proxy;
 pub mod rig;
+pub mod status_cmd;

@@ -198,7 +198,19 @@ async fn first_stop_signal() -> anyhow::Result<()> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let bound = app::Bound::bind(&config)?;
     let running = app::start(config, bound).await?;
-    first_stop_signal().await?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let stop = first_stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = &mut stop => { r?; break; }
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", "reloading the config");
+                // The outcome (and every error) is logged by the reload itself.
+                let _ = running.reload().await;
+            }
+        }
+    }
     running.shutdown().await;
     Ok(())
 }

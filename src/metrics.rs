@@ -1,0 +1,532 @@
+//! `GET /metrics`: every metric family splicer exports, named in one place, and the collector
+//! that reads them from the live pools, backends and listeners at scrape time.
+//!
+//! Nothing here touches the data path: the values are the atomics that connections and pool
+//! supervisors already keep, and a scrape only loads them. The registry is built per scrape
+//! around one [`Collector`], so there is no global and nothing to keep in step with reloads: a
+//! pool or backend removed by a reload simply stops appearing.
+//!
+//! Adding a family is a constant below (name, help, label names — the label count is part of its
+//! type, so a sample with the wrong number of labels does not compile) and one `encode` call in
+//! `Scrape::encode`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::app::AppState;
+use crate::net::connect::ConnectFailure;
+use crate::pool::{Backend, BackendState, Pool};
+use crate::proxy::ListenerCtx;
+
+/// Content type of [`render`]'s output: prometheus-client's text encoder writes OpenMetrics 1.0.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The OpenMetrics text for `GET /metrics`, read from `state` now.
+pub fn render(state: &AppState) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape::of(state)));
+    let mut out = String::new();
+    // Writing to a String cannot fail and every family below is well-formed by construction, so
+    // an error here is a bug; the truncated text (no `# EOF`) makes the scrape fail loudly.
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "encoding /metrics failed");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The families. Counter names omit `_total`: the encoder appends it to every counter sample.
+
+const BACKEND_UP: Gauges<2> = Gauges {
+    name: "splicer_backend_up",
+    help: "1 if the backend is up (passing health checks and taking new connections), else 0.",
+    labels: ["pool", "backend"],
+};
+
+const BACKEND_STATE: Gauges<3> = Gauges {
+    name: "splicer_backend_state",
+    help: "1 for the backend's current state (up, down, draining or disabled), 0 for the others.",
+    labels: ["pool", "backend", "state"],
+};
+
+const BACKEND_ACTIVE_CONNECTIONS: Gauges<2> = Gauges {
+    name: "splicer_backend_active_connections",
+    help: "Proxied connections to the backend open now.",
+    labels: ["pool", "backend"],
+};
+
+const BACKEND_CONNECTIONS: Counters<2> = Counters {
+    name: "splicer_backend_connections",
+    help: "Proxied connections to the backend ever established.",
+    labels: ["pool", "backend"],
+};
+
+const BACKEND_CONNECT_FAILURES: Counters<3> = Counters {
+    name: "splicer_backend_connect_failures",
+    help: "Failed connects to the backend for client connections (health checks not counted), by reason.",
+    labels: ["pool", "backend", "reason"],
+};
+
+const BACKEND_BYTES: Counters<3> = Counters {
+    name: "splicer_backend_bytes",
+    help: "Bytes proxied through the backend's connections, by direction.",
+    labels: ["pool", "backend", "direction"],
+};
+
+const BACKEND_SERVICE_UP: Gauges<3> = Gauges {
+    name: "splicer_backend_service_up",
+    help: "1 if the backend's last health check reported the service healthy, else 0.",
+    labels: ["pool", "backend", "service"],
+};
+
+const HEALTH_CHECKS: Counters<3> = Counters {
+    name: "splicer_health_checks",
+    help: "Health checks of the backend, by result.",
+    labels: ["pool", "backend", "result"],
+};
+
+const HEALTH_CHECK_DURATION: Histograms<2> = Histograms {
+    name: "splicer_health_check_duration_seconds",
+    unit: Unit::Seconds,
+    help: "Time health checks of the backend took, passed or failed.",
+    labels: ["pool", "backend"],
+};
+
+const LISTENER_CONNECTIONS: Counters<1> = Counters {
+    name: "splicer_listener_connections",
+    help: "Client connections the listener ever accepted.",
+    labels: ["listener"],
+};
+
+const LISTENER_ACTIVE_CONNECTIONS: Gauges<1> = Gauges {
+    name: "splicer_listener_active_connections",
+    help: "Client connections of the listener open now.",
+    labels: ["listener"],
+};
+
+const POOL_FAIL_OPEN: Gauges<1> = Gauges {
+    name: "splicer_pool_fail_open",
+    help: "1 while the pool has no up backend and spreads connections over its down ones (fail_open), else 0.",
+    labels: ["pool"],
+};
+
+const CLUSTER_HEALTH_UP: Gauges<1> = Gauges {
+    name: "splicer_cluster_health_up",
+    help: "1 if the pool's last cluster-wide health check (cluster_health) passed, else 0.",
+    labels: ["pool"],
+};
+
+const POOL_SHARED_OUTAGE: Gauges<2> = Gauges {
+    name: "splicer_pool_shared_outage",
+    help: "1 while the shared dependency fails across the pool, so backends failing only on it stay up, else 0.",
+    labels: ["pool", "service"],
+};
+
+const CONFIG_RELOADS: Counters<1> = Counters {
+    name: "splicer_config_reloads",
+    help: "Configuration reloads, by result.",
+    labels: ["result"],
+};
+
+/// Every backend state, in the order `splicer_backend_state` lists them.
+const BACKEND_STATES: [BackendState; 4] = [
+    BackendState::Up,
+    BackendState::Down,
+    BackendState::Draining,
+    BackendState::Disabled,
+];
+
+/// Fails to compile when `BackendState` gains a variant, so [`BACKEND_STATES`] gets updated.
+const _: fn(BackendState) = |s| match s {
+    BackendState::Up | BackendState::Down | BackendState::Draining | BackendState::Disabled => {}
+};
+
+// ---------------------------------------------------------------------------------------------
+// The collector.
+
+/// What one scrape reads: the pools and listeners serving now, and the reload counts.
+#[derive(Debug)]
+struct Scrape {
+    pools: Vec<Arc<Pool>>,
+    listeners: Vec<Arc<ListenerCtx>>,
+    reloads: (u64, u64),
+}
+
+impl Scrape {
+    fn of(state: &AppState) -> Self {
+        Scrape {
+            pools: state.pools(),
+            listeners: state.listeners(),
+            reloads: state.reloads(),
+        }
+    }
+}
+
+/// One backend with its label values worked out once per scrape.
+struct BackendRow {
+    pool: Arc<str>,
+    /// `ip:port`, IPv6 in brackets (`SocketAddr`'s `Display`).
+    address: String,
+    backend: Arc<Backend>,
+}
+
+impl BackendRow {
+    fn labels(&self) -> [&str; 2] {
+        [&self.pool, &self.address]
+    }
+
+    fn labels_and<'a>(&'a self, extra: &'a str) -> [&'a str; 3] {
+        [&self.pool, &self.address, extra]
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let backends: Vec<BackendRow> = self
+            .pools
+            .iter()
+            .flat_map(|pool| {
+                pool.members()
+                    .iter()
+                    .map(|b| BackendRow {
+                        pool: Arc::clone(&pool.name),
+                        address: b.address.to_string(),
+                        backend: Arc::clone(b),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+
+        BACKEND_UP.encode(
+            &mut enc,
+            backends.iter().map(|r| {
+                let up = r.backend.state() == BackendState::Up;
+                (r.labels(), u64::from(up))
+            }),
+        )?;
+        BACKEND_STATE.encode(
+            &mut enc,
+            backends.iter().flat_map(|r| {
+                let now = r.backend.state();
+                BACKEND_STATES
+                    .iter()
+                    .map(move |&s| (r.labels_and(s.as_str()), u64::from(s == now)))
+            }),
+        )?;
+        BACKEND_ACTIVE_CONNECTIONS.encode(
+            &mut enc,
+            backends
+                .iter()
+                .map(|r| (r.labels(), r.backend.active_connections())),
+        )?;
+        BACKEND_CONNECTIONS.encode(
+            &mut enc,
+            backends
+                .iter()
+                .map(|r| (r.labels(), r.backend.total_connections())),
+        )?;
+        BACKEND_CONNECT_FAILURES.encode(
+            &mut enc,
+            backends.iter().flat_map(|r| {
+                ConnectFailure::ALL.iter().map(move |&reason| {
+                    let n = r.backend.connect_failures_for(reason);
+                    (r.labels_and(reason.as_str()), n)
+                })
+            }),
+        )?;
+        BACKEND_BYTES.encode(
+            &mut enc,
+            backends.iter().flat_map(|r| {
+                [
+                    (r.labels_and("to_backend"), r.backend.bytes_to_backend()),
+                    (r.labels_and("to_client"), r.backend.bytes_to_client()),
+                ]
+            }),
+        )?;
+        // No source yet: per-service results of the backend's health check.
+        BACKEND_SERVICE_UP.encode(&mut enc, no_samples::<3, u64>())?;
+        HEALTH_CHECKS.encode(
+            &mut enc,
+            backends.iter().flat_map(|r| {
+                let (passed, failed) = r.backend.checks();
+                [
+                    (r.labels_and("pass"), passed),
+                    (r.labels_and("fail"), failed),
+                ]
+            }),
+        )?;
+        HEALTH_CHECK_DURATION.encode(
+            &mut enc,
+            backends.iter().map(|r| {
+                let (sum, count, cumulative) = r.backend.check_durations().snapshot();
+                (r.labels(), sum, count, cumulative)
+            }),
+        )?;
+        LISTENER_CONNECTIONS.encode(
+            &mut enc,
+            self.listeners
+                .iter()
+                .map(|l| ([l.config.name.as_str()], l.total_connections())),
+        )?;
+        LISTENER_ACTIVE_CONNECTIONS.encode(
+            &mut enc,
+            self.listeners
+                .iter()
+                .map(|l| ([l.config.name.as_str()], l.active_connections())),
+        )?;
+        POOL_FAIL_OPEN.encode(
+            &mut enc,
+            self.pools
+                .iter()
+                .map(|p| ([&*p.name], u64::from(p.is_failing_open()))),
+        )?;
+        // No source yet: the pool's cluster-wide health check.
+        CLUSTER_HEALTH_UP.encode(&mut enc, no_samples::<1, u64>())?;
+        // No source yet: the pool's shared-dependency outage detection.
+        POOL_SHARED_OUTAGE.encode(&mut enc, no_samples::<2, u64>())?;
+        let (ok, failed) = self.reloads;
+        CONFIG_RELOADS.encode(&mut enc, [(["ok"], ok), (["error"], failed)])?;
+        Ok(())
+    }
+}
+
+/// Samples for a family that has no source yet: its HELP and TYPE lines still print.
+fn no_samples<'a, const N: usize, V>() -> std::iter::Empty<([&'a str; N], V)> {
+    std::iter::empty()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Family descriptions and their encoding.
+
+/// A gauge family with `N` labels.
+struct Gauges<const N: usize> {
+    name: &'static str,
+    help: &'static str,
+    labels: [&'static str; N],
+}
+
+impl<const N: usize> Gauges<N> {
+    /// Writes HELP, TYPE and one sample per (label values, value).
+    fn encode<'a, V: EncodeGaugeValue + fmt::Debug>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        samples: impl IntoIterator<Item = ([&'a str; N], V)>,
+    ) -> fmt::Result {
+        let mut family = enc.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (values, v) in samples {
+            let labels = label_set(&self.labels, values);
+            ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A counter family with `N` labels; `name` lacks the `_total` the encoder appends.
+struct Counters<const N: usize> {
+    name: &'static str,
+    help: &'static str,
+    labels: [&'static str; N],
+}
+
+impl<const N: usize> Counters<N> {
+    /// Writes HELP, TYPE and one `_total` sample per (label values, value).
+    fn encode<'a, V: EncodeCounterValue + fmt::Debug>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        samples: impl IntoIterator<Item = ([&'a str; N], V)>,
+    ) -> fmt::Result {
+        let mut family = enc.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
+        for (values, v) in samples {
+            let labels = label_set(&self.labels, values);
+            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A histogram family with `N` labels whose name ends in `_` + `unit`.
+struct Histograms<const N: usize> {
+    name: &'static str,
+    unit: Unit,
+    help: &'static str,
+    labels: [&'static str; N],
+}
+
+impl<const N: usize> Histograms<N> {
+    /// Writes HELP, TYPE, UNIT and per (label values, sum, count, cumulative buckets) the
+    /// `_sum`, `_count` and `_bucket` samples, `+Inf` included.
+    fn encode<'a>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        samples: impl IntoIterator<Item = ([&'a str; N], f64, u64, Vec<(f64, u64)>)>,
+    ) -> fmt::Result {
+        // The encoder appends the unit to the name itself (and checks nothing), so hand it the
+        // stem; the full name stays above where a grep for it finds it.
+        let suffix = self.unit.as_str();
+        let stem = self
+            .name
+            .strip_suffix(suffix)
+            .and_then(|s| s.strip_suffix('_'))
+            .ok_or(fmt::Error)?;
+        let mut family =
+            enc.encode_descriptor(stem, self.help, Some(&self.unit), MetricType::Histogram)?;
+        for (values, sum, count, cumulative) in samples {
+            let labels = label_set(&self.labels, values);
+            let buckets = per_bucket(count, &cumulative);
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// Pairs label names with values, in the order the family declares them.
+fn label_set<'a, const N: usize>(
+    names: &[&'static str; N],
+    values: [&'a str; N],
+) -> [(&'static str, &'a str); N] {
+    let mut i = 0;
+    values.map(|v| {
+        let pair = (names[i], v);
+        i += 1;
+        pair
+    })
+}
+
+/// Turns cumulative counts per upper bound (as `CheckDurations::snapshot` gives them) into the
+/// per-bucket counts prometheus-client's encoder sums up again, with a final `+Inf` bucket
+/// holding what lies above the last bound so the `+Inf` sample equals `count`.
+fn per_bucket(count: u64, cumulative: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    let mut below = 0;
+    let mut out = Vec::with_capacity(cumulative.len() + 1);
+    for &(bound, upto) in cumulative {
+        // Saturating: a snapshot racing an observation must not wrap into a huge bucket.
+        out.push((bound, upto.saturating_sub(below)));
+        below = below.max(upto);
+    }
+    out.push((f64::INFINITY, count.saturating_sub(below)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_bucket_undoes_cumulation_and_adds_inf() {
+        let got = per_bucket(7, &[(0.1, 1), (0.5, 1), (1.0, 4)]);
+        assert_eq!(got, vec![(0.1, 1), (0.5, 0), (1.0, 3), (f64::INFINITY, 3)]);
+    }
+
+    #[test]
+    fn per_bucket_with_no_bounds_is_just_inf() {
+        assert_eq!(per_bucket(2, &[]), vec![(f64::INFINITY, 2)]);
+    }
+
+    #[test]
+    fn per_bucket_never_wraps_on_inconsistent_input() {
+        let got = per_bucket(1, &[(0.1, 3), (0.5, 2)]);
+        assert_eq!(got, vec![(0.1, 3), (0.5, 0), (f64::INFINITY, 0)]);
+    }
+
+    #[test]
+    fn label_set_pairs_names_with_values_in_order() {
+        let got = label_set(&["pool", "backend"], ["quay", "[::1]:443"]);
+        assert_eq!(got, [("pool", "quay"), ("backend", "[::1]:443")]);
+    }
+
+    /// Encodes one family through a registry, the way `render` does.
+    fn encode_one(
+        f: impl Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync + 'static,
+    ) -> String {
+        struct One<F>(F);
+        impl<F> fmt::Debug for One<F> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("One")
+            }
+        }
+        impl<F: Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync + 'static> Collector for One<F> {
+            fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+                (self.0)(&mut enc)
+            }
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(One(f)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn counters_get_total_and_escaped_labels() {
+        let out = encode_one(|enc| {
+            BACKEND_CONNECTIONS.encode(enc, [(["a\"b\\c\nd", "[::1]:443"], 3u64)])
+        });
+        assert_eq!(
+            out,
+            "# HELP splicer_backend_connections Proxied connections to the backend ever established.\n\
+             # TYPE splicer_backend_connections counter\n\
+             splicer_backend_connections_total{pool=\"a\\\"b\\\\c\\nd\",backend=\"[::1]:443\"} 3\n\
+             # EOF\n"
+        );
+    }
+
+    #[test]
+    fn empty_families_still_print_help_and_type() {
+        let out = encode_one(|enc| POOL_SHARED_OUTAGE.encode(enc, no_samples::<2, u64>()));
+        assert_eq!(
+            out,
+            format!(
+                "# HELP splicer_pool_shared_outage {}\n# TYPE splicer_pool_shared_outage gauge\n# EOF\n",
+                POOL_SHARED_OUTAGE.help
+            )
+        );
+    }
+
+    #[test]
+    fn histograms_keep_their_full_name_and_end_in_inf() {
+        let out = encode_one(|enc| {
+            HEALTH_CHECK_DURATION.encode(
+                enc,
+                [(["p", "10.0.0.1:443"], 0.5, 3, vec![(0.1, 1), (1.0, 2)])],
+            )
+        });
+        let name = "splicer_health_check_duration_seconds";
+        assert!(out.contains(&format!("# TYPE {name} histogram\n")), "{out}");
+        assert!(out.contains(&format!("# UNIT {name} seconds\n")), "{out}");
+        assert!(
+            out.contains(&format!(
+                "{name}_count{{pool=\"p\",backend=\"10.0.0.1:443\"}} 3\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "{name}_bucket{{le=\"1.0\",pool=\"p\",backend=\"10.0.0.1:443\"}} 2\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "{name}_bucket{{le=\"+Inf\",pool=\"p\",backend=\"10.0.0.1:443\"}} 3\n"
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn histogram_names_end_in_their_unit() {
+        let h = &HEALTH_CHECK_DURATION;
+        assert!(h.name.ends_with(&format!("_{}", h.unit.as_str())));
+    }
+}

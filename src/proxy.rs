@@ -26,36 +26,47 @@ pub struct ListenerCtx {
     pub pool: Arc<Pool>,
     /// Write one log line per finished connection.
     pub access_log: bool,
+    counters: Arc<ListenerCounters>,
+}
+
+/// A listener's connection counters; they outlive reloads that change its settings.
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
     active: AtomicU64,
     total: AtomicU64,
 }
 
 impl ListenerCtx {
-    /// A listener context with zeroed counters.
+    /// A listener context counting into `counters`.
     pub fn new(
         config: ListenerConfig,
         local_addr: SocketAddr,
         pool: Arc<Pool>,
         access_log: bool,
+        counters: Arc<ListenerCounters>,
     ) -> Self {
         ListenerCtx {
             config,
             local_addr,
             pool,
             access_log,
-            active: AtomicU64::new(0),
-            total: AtomicU64::new(0),
+            counters,
         }
+    }
+
+    /// The counters (carried over to the context that replaces this one on reload).
+    pub fn counters(&self) -> &Arc<ListenerCounters> {
+        &self.counters
     }
 
     /// Connections open now.
     pub fn active_connections(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        self.counters.active.load(Ordering::Relaxed)
     }
 
     /// Connections ever accepted.
     pub fn total_connections(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+        self.counters.total.load(Ordering::Relaxed)
     }
 }
 
@@ -81,7 +92,8 @@ async fn connect_with_retries(
     pool: &Pool,
     client: SocketAddr,
 ) -> Result<(TcpStream, Lease), NoConnection> {
-    let attempts = pool.config.retries as usize + 1;
+    let config = pool.config();
+    let attempts = config.retries as usize + 1;
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts.min(8));
     let mut last_failure = None;
     for _ in 0..attempts {
@@ -89,7 +101,7 @@ async fn connect_with_retries(
             break;
         };
         tried.push(backend.address);
-        match connect(backend.address, pool.config.connect_timeout).await {
+        match connect(backend.address, config.connect_timeout).await {
             Ok(stream) => return Ok((stream, backend.connected())),
             Err(failure) => {
                 pool.report_connect_failure(&backend, failure);
@@ -112,9 +124,9 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         peer,
         permit: _permit,
     } = accepted;
-    ctx.total.fetch_add(1, Ordering::Relaxed);
-    ctx.active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(&ctx.active);
+    ctx.counters.total.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&ctx.counters.active);
     let started = Instant::now();
     let pool = &ctx.pool;
 
@@ -146,12 +158,16 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
     };
 
     let backend: &Backend = lease.backend();
+    let cut = backend.cut_token();
     let traffic = Traffic::default();
     let end = pump::run(
         &client,
         &backend_stream,
-        ctx.config.idle_timeout,
-        &stop,
+        pump::Limits {
+            idle_timeout: ctx.config.idle_timeout,
+            stop: &stop,
+            cut: &cut,
+        },
         &traffic,
         &|n| backend.add_bytes_to_backend(n),
         &|n| backend.add_bytes_to_client(n),

@@ -15,7 +15,7 @@ pub fn timestamp(t: SystemTime) -> String {
 /// Renders `/status`.
 pub fn render(state: &AppState) -> Value {
     let listeners: Vec<Value> = state
-        .listeners
+        .listeners()
         .iter()
         .map(|l| {
             json!({
@@ -26,7 +26,7 @@ pub fn render(state: &AppState) -> Value {
             })
         })
         .collect();
-    let pools: Vec<Value> = state.pools.iter().map(|p| pool(p)).collect();
+    let pools: Vec<Value> = state.pools().iter().map(|p| pool(p)).collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": (state.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
@@ -39,7 +39,7 @@ fn pool(p: &Pool) -> Value {
     let backends: Vec<Value> = p.members().iter().map(|b| backend(b)).collect();
     json!({
         "name": &*p.name,
-        "balance": p.config.balance.as_str(),
+        "balance": p.config().balance.as_str(),
         "fail_open": p.is_failing_open(),
         "cluster_health": Value::Null,
         "shared_outage": [],
@@ -61,7 +61,7 @@ fn backend(b: &Backend) -> Value {
     json!({
         "address": b.address.to_string(),
         "state": b.state().as_str(),
-        "weight": b.weight,
+        "weight": b.weight(),
         "active_connections": b.active_connections(),
         "total_connections": b.total_connections(),
         "connect_failures": b.connect_failures(),

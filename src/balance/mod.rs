@@ -50,9 +50,10 @@ fn round_robin(set: &LiveSet, eligible: impl Fn(&Backend) -> bool) -> Option<usi
 
 /// Lower is better: active connections (plus the one being placed) per unit of weight,
 /// compared by cross-multiplication to stay in integers.
-fn load_less(a: &Backend, b: &Backend) -> bool {
-    let la = u128::from(a.active_connections() + 1) * u128::from(b.weight.max(1));
-    let lb = u128::from(b.active_connections() + 1) * u128::from(a.weight.max(1));
+fn load_less(set: &LiveSet, a: usize, b: usize) -> bool {
+    let (wa, wb) = (set.weights[a].max(1), set.weights[b].max(1));
+    let la = u128::from(set.members[a].active_connections() + 1) * u128::from(wb);
+    let lb = u128::from(set.members[b].active_connections() + 1) * u128::from(wa);
     la < lb
 }
 
@@ -68,7 +69,7 @@ fn least_connections(set: &LiveSet, eligible: impl Fn(&Backend) -> bool) -> Opti
             continue;
         }
         best = match best {
-            Some(j) if !load_less(b, &set.members[j]) => Some(j),
+            Some(j) if !load_less(set, i, j) => Some(j),
             _ => Some(i),
         };
     }
@@ -102,7 +103,7 @@ fn random_two(set: &LiveSet, eligible: impl Fn(&Backend) -> bool) -> Option<usiz
         eligible(m) && m.address != set.members[a].address
     });
     match b {
-        Some(b) if load_less(&set.members[b], &set.members[a]) => Some(b),
+        Some(b) if load_less(set, b, a) => Some(b),
         _ => Some(a),
     }
 }
@@ -126,7 +127,7 @@ fn client_hash(
         let h = mix(client_key, backend_key(b.address));
         // Map to (0, 1): the top 53 bits, offset by half a step so ln() never sees 0.
         let unit = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let score = f64::from(b.weight.max(1)) / -unit.ln();
+        let score = f64::from(set.weights[i].max(1)) / -unit.ln();
         if best.is_none_or(|(_, s)| score > s) {
             best = Some((i, score));
         }
@@ -172,7 +173,20 @@ mod tests {
                 Arc::new(Backend::new("p".into(), addr, w, BackendState::Up))
             })
             .collect();
-        LiveSet::new(members, false)
+        LiveSet::new(Arc::new(test_config()), members, false)
+    }
+
+    fn test_config() -> crate::config::PoolConfig {
+        crate::config::PoolConfig {
+            name: "p".into(),
+            balance: BalanceKind::RoundRobin,
+            backends: Vec::new(),
+            connect_timeout: std::time::Duration::from_secs(1),
+            retries: 0,
+            fail_open: true,
+            passive_fall: 0,
+            health: Default::default(),
+        }
     }
 
     fn counts(kind: BalanceKind, s: &LiveSet, n: usize) -> HashMap<SocketAddr, usize> {
@@ -212,7 +226,7 @@ mod tests {
         }
         assert!(pick(
             BalanceKind::RoundRobin,
-            &LiveSet::empty(),
+            &LiveSet::empty(Arc::new(test_config())),
             IpAddr::from([1, 1, 1, 1]),
             &[]
         )
@@ -291,7 +305,7 @@ mod tests {
             .filter(|b| b.address != gone)
             .cloned()
             .collect();
-        let smaller = LiveSet::new(rest, false);
+        let smaller = LiveSet::new(Arc::new(test_config()), rest, false);
         let n = 5000;
         let mut moved = 0;
         for i in 0..n {

@@ -32,6 +32,12 @@ impl HealthState {
         }
     }
 
+    /// New `rise`/`fall` (reload); progress toward either is kept.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Whether the verdict is up.
     pub fn is_up(&self) -> bool {
         self.is_up

@@ -71,7 +71,7 @@ pub struct Accepted {
 /// taken before accepting, so at the limit clients wait in the kernel backlog.
 pub async fn accept_loop(
     name: &str,
-    listener: TcpListener,
+    listener: &TcpListener,
     limit: Option<Arc<Semaphore>>,
     stop: CancellationToken,
     mut handle: impl FnMut(Accepted),

@@ -32,7 +32,9 @@ pub enum End {
     BackendReset,
     /// No byte moved for `idle_timeout`.
     IdleTimeout,
-    /// Cut short by shutdown (or drain) after its grace period.
+    /// Cut short because its backend's drain reached `drain_timeout`.
+    Drained,
+    /// Cut short by shutdown after its grace period.
     Shutdown,
 }
 
@@ -45,6 +47,7 @@ impl End {
             End::ClientReset => "client_reset",
             End::BackendReset => "backend_reset",
             End::IdleTimeout => "idle_timeout",
+            End::Drained => "drained",
             End::Shutdown => "shutdown",
         }
     }
@@ -141,17 +144,32 @@ async fn copy_direction(
     }
 }
 
-/// Splices `client` and `backend` until the connection ends; `stop` cuts it short.
+/// What ends a connection early besides its own peers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits<'a> {
+    /// Close after this long without a byte either way.
+    pub idle_timeout: Option<Duration>,
+    /// Shutdown's grace period is over.
+    pub stop: &'a CancellationToken,
+    /// The backend's drain reached its deadline.
+    pub cut: &'a CancellationToken,
+}
+
+/// Splices `client` and `backend` until the connection ends or one of `limits` cuts it short.
 /// `on_to_backend` / `on_to_client` see every chunk as it moves (for live byte counters).
 pub async fn run(
     client: &TcpStream,
     backend: &TcpStream,
-    idle_timeout: Option<Duration>,
-    stop: &CancellationToken,
+    limits: Limits<'_>,
     traffic: &Traffic,
     on_to_backend: &(dyn Fn(u64) + Sync),
     on_to_client: &(dyn Fn(u64) + Sync),
 ) -> End {
+    let Limits {
+        idle_timeout,
+        stop,
+        cut,
+    } = limits;
     let activity = idle_timeout.map(|_| Activity {
         epoch: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -206,6 +224,7 @@ pub async fn run(
             },
             _ = &mut idle => return End::IdleTimeout,
             _ = stop.cancelled() => return End::Shutdown,
+            _ = cut.cancelled() => return End::Drained,
         }
         if up_done && down_done {
             return if client_closed_first == Some(true) {

@@ -7,12 +7,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
 use crate::net::connect::ConnectFailure;
 
 /// Upper bounds (seconds) of the health-check duration histogram: checks take from well under
 /// a millisecond on a LAN to the whole timeout, and Quay's own check can take seconds.
-pub const CHECK_DURATION_BUCKETS: [f64; 12] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+pub const CHECK_DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// A fixed-bucket histogram of check durations, lock-free so `/metrics` never waits on it.
 #[derive(Debug, Default)]
@@ -115,9 +119,10 @@ pub struct Backend {
     pub pool: Arc<str>,
     /// Where connections go.
     pub address: SocketAddr,
-    /// Relative share of new connections.
-    pub weight: u32,
+    weight: AtomicU32,
     state: AtomicU8,
+    /// Cancelled when a drain's deadline passes: cuts this backend's open connections.
+    cut: ArcSwap<CancellationToken>,
     active: AtomicU64,
     total: AtomicU64,
     connect_failures: AtomicU64,
@@ -137,8 +142,9 @@ impl Backend {
         Backend {
             pool,
             address,
-            weight,
+            weight: AtomicU32::new(weight),
             state: AtomicU8::new(state.to_u8()),
+            cut: ArcSwap::from_pointee(CancellationToken::new()),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -150,6 +156,34 @@ impl Backend {
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             last_check: Mutex::new(None),
+        }
+    }
+
+    /// Relative share of new connections.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Only the pool supervisor changes weights (on reload), before it republishes.
+    pub(crate) fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// The token a new connection watches: cancelled when a drain of this backend times out.
+    pub fn cut_token(&self) -> CancellationToken {
+        CancellationToken::clone(&self.cut.load())
+    }
+
+    /// Cuts every open connection (drain deadline passed).
+    pub(crate) fn cut_connections(&self) {
+        self.cut.load().cancel();
+    }
+
+    /// Makes sure connections made from now on are not born cut (after a drain ended in a cut
+    /// and the backend was enabled again).
+    pub(crate) fn rearm_cut(&self) {
+        if self.cut.load().is_cancelled() {
+            self.cut.store(Arc::new(CancellationToken::new()));
         }
     }
 

@@ -5,16 +5,22 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::backend::Backend;
+use crate::config::PoolConfig;
 
 /// Backends eligible for new connections, plus what the balancers precompute over them.
 #[derive(Debug)]
 pub struct LiveSet {
+    /// The pool's settings this snapshot was built under (published together, so a connection
+    /// never mixes old settings with new members).
+    pub config: Arc<PoolConfig>,
     /// Eligible backends: the up ones, or, when failing open, the down ones.
     pub members: Vec<Arc<Backend>>,
     /// True when `members` are down backends picked because none is up.
     pub fail_open: bool,
     /// Smooth weighted round-robin order: indexes into `members`, one full weight cycle.
     pub(crate) rr_order: Vec<u32>,
+    /// Weight of each member in this snapshot.
+    pub(crate) weights: Vec<u32>,
     /// Cursor into `rr_order` (and tie-breaker for least_connections).
     pub(crate) cursor: AtomicUsize,
     /// Running sum of weights, for weighted random picks.
@@ -22,12 +28,13 @@ pub struct LiveSet {
 }
 
 impl LiveSet {
-    /// A snapshot over `members` (weights taken from each backend).
-    pub fn new(members: Vec<Arc<Backend>>, fail_open: bool) -> Self {
-        let weights: Vec<u32> = members.iter().map(|b| b.weight.max(1)).collect();
+    /// A snapshot over `members` with the weights given (the effective ones, e.g. during slow
+    /// start), under `config`.
+    pub fn new(config: Arc<PoolConfig>, members: Vec<Arc<Backend>>, fail_open: bool) -> Self {
+        let weights: Vec<u32> = members.iter().map(|b| b.weight().max(1)).collect();
         let rr_order = smooth_weighted_order(&weights);
         let mut sum = 0u64;
-        let cumulative_weight = weights
+        let cumulative_weight: Vec<u64> = weights
             .iter()
             .map(|&w| {
                 sum += u64::from(w);
@@ -35,8 +42,10 @@ impl LiveSet {
             })
             .collect();
         LiveSet {
+            config,
             members,
             fail_open,
+            weights,
             rr_order,
             cursor: AtomicUsize::new(0),
             cumulative_weight,
@@ -44,8 +53,8 @@ impl LiveSet {
     }
 
     /// A snapshot with no member.
-    pub fn empty() -> Self {
-        LiveSet::new(Vec::new(), false)
+    pub fn empty(config: Arc<PoolConfig>) -> Self {
+        LiveSet::new(config, Vec::new(), false)
     }
 
     /// Whether no backend can take a connection.

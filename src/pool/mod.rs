@@ -1,6 +1,7 @@
 //! A pool: its backends, the live set connections pick from, and the supervisor task that is
-//! the only writer of health state. The data path calls [`Pool::pick`] (one `ArcSwap::load`)
-//! and reports connect failures through a non-blocking channel.
+//! the only writer of backend state. The data path calls [`Pool::pick`] (one `ArcSwap::load`)
+//! and reports connect failures through a non-blocking channel; the admin API and reloads send
+//! the supervisor commands and await its answer.
 
 mod backend;
 mod live_set;
@@ -9,26 +10,98 @@ mod supervisor;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::balance;
 use crate::config::PoolConfig;
 use crate::net::connect::ConnectFailure;
 
-pub use backend::{Backend, BackendState, CheckDurations, CheckRecord, Lease, CHECK_DURATION_BUCKETS};
+pub use backend::{
+    Backend, BackendState, CheckDurations, CheckRecord, Lease, CHECK_DURATION_BUCKETS,
+};
 pub use live_set::LiveSet;
 pub use supervisor::{start, Started};
 
-/// Messages from the data path to the supervisor.
+/// An operator's action on one backend (admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// No new connections; open ones continue up to `drain_timeout`; checks go on.
+    Drain,
+    /// No new connections and no checks until enabled.
+    Disable,
+    /// Back to what the checks say (from draining) or down needing `rise` passes (from disabled).
+    Enable,
+}
+
+impl AdminAction {
+    /// The spelling in the admin API path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminAction::Drain => "drain",
+            AdminAction::Disable => "disable",
+            AdminAction::Enable => "enable",
+        }
+    }
+}
+
+/// Why an admin action was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// The pool has no backend with that address.
+    #[error("pool {pool} has no backend {address}")]
+    UnknownBackend {
+        /// Pool name.
+        pool: String,
+        /// The address asked for.
+        address: SocketAddr,
+    },
+    /// The backend was removed by a reload and is only draining its last connections.
+    #[error("backend {address} of pool {pool} was removed by a reload and is draining")]
+    Removed {
+        /// Pool name.
+        pool: String,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// The pool is shutting down (removed by reload, or the process is stopping).
+    #[error("pool {0} is shutting down")]
+    Stopped(String),
+}
+
+/// What a reconfiguration changed in one pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Backends that joined (they start down and need `rise` passes).
+    pub added: Vec<SocketAddr>,
+    /// Backends that left (they drain).
+    pub removed: Vec<SocketAddr>,
+}
+
+/// Messages to the supervisor.
 #[derive(Debug)]
-pub(crate) enum PoolEvent {
+pub(crate) enum Command {
     /// `passive_fall` consecutive connects to this backend failed.
     PassiveFailure {
         backend: SocketAddr,
         consecutive: u32,
     },
+    /// An operator's action.
+    Admin {
+        backend: SocketAddr,
+        action: AdminAction,
+        reply: oneshot::Sender<Result<BackendState, AdminError>>,
+    },
+    /// A reload's new settings for this pool.
+    Reconfigure {
+        config: Box<PoolConfig>,
+        drain_timeout: Duration,
+        reply: oneshot::Sender<Reconfigured>,
+    },
+    /// The pool was removed by a reload: drain everything, then stop.
+    Retire { drain_timeout: Duration },
 }
 
 /// One pool of backends.
@@ -36,16 +109,16 @@ pub(crate) enum PoolEvent {
 pub struct Pool {
     /// Pool name.
     pub name: Arc<str>,
-    /// Its settings.
-    pub config: PoolConfig,
     members: ArcSwap<Vec<Arc<Backend>>>,
     live: ArcSwap<LiveSet>,
     fail_open: AtomicBool,
-    events: mpsc::UnboundedSender<PoolEvent>,
+    retired: AtomicBool,
+    finished: AtomicBool,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl Pool {
-    /// Every backend, in config order (for `/status`).
+    /// Every backend, in config order, including removed ones still draining (for `/status`).
     pub fn members(&self) -> Arc<Vec<Arc<Backend>>> {
         self.members.load_full()
     }
@@ -55,9 +128,24 @@ impl Pool {
         self.live.load()
     }
 
+    /// The settings now in force.
+    pub fn config(&self) -> Arc<PoolConfig> {
+        Arc::clone(&self.live.load().config)
+    }
+
     /// Whether the pool is failing open (no backend up, spreading over down ones).
     pub fn is_failing_open(&self) -> bool {
         self.fail_open.load(Ordering::Relaxed)
+    }
+
+    /// Whether a reload removed this pool (it drains, then disappears).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Whether a retired pool has drained its last connection and stopped.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// Whether a new connection could be placed now.
@@ -67,19 +155,58 @@ impl Pool {
 
     /// Picks a backend for a new connection from `client`, skipping `exclude`.
     pub fn pick(&self, client: IpAddr, exclude: &[SocketAddr]) -> Option<Arc<Backend>> {
-        balance::pick(self.config.balance, &self.live.load(), client, exclude)
+        let set = self.live.load();
+        balance::pick(set.config.balance, &set, client, exclude)
     }
 
     /// Records a failed data-path connect; tells the supervisor once the passive threshold is hit.
     pub fn report_connect_failure(&self, backend: &Backend, reason: ConnectFailure) {
         let consecutive = backend.record_connect_failure(reason);
-        let fall = self.config.passive_fall;
+        let fall = self.live.load().config.passive_fall;
         // Exactly one failure sees the count equal to the threshold, so one message per episode.
         if fall > 0 && consecutive == fall {
-            let _ = self.events.send(PoolEvent::PassiveFailure {
+            let _ = self.commands.send(Command::PassiveFailure {
                 backend: backend.address,
                 consecutive,
             });
         }
+    }
+
+    /// Applies an operator's action to the backend at `address`; answers its new state.
+    pub async fn admin(
+        &self,
+        address: SocketAddr,
+        action: AdminAction,
+    ) -> Result<BackendState, AdminError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || AdminError::Stopped(self.name.to_string());
+        self.commands
+            .send(Command::Admin {
+                backend: address,
+                action,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Applies a reload's settings (members, weights, checks); answers who joined and left.
+    pub async fn reconfigure(&self, config: PoolConfig, drain_timeout: Duration) -> Reconfigured {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.commands.send(Command::Reconfigure {
+            config: Box::new(config),
+            drain_timeout,
+            reply,
+        });
+        if sent.is_err() {
+            return Reconfigured::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Removes the pool: every backend drains for up to `drain_timeout`, then the pool stops.
+    pub fn retire(&self, drain_timeout: Duration) {
+        self.retired.store(true, Ordering::Relaxed);
+        let _ = self.commands.send(Command::Retire { drain_timeout });
     }
 }

@@ -1,6 +1,6 @@
-//! The pool supervisor: one task per pool that folds health reports and passive failures into
-//! each backend's state, then rebuilds and publishes the live set. Being the only writer, it
-//! needs no lock, and every published snapshot is consistent.
+//! The pool supervisor: one task per pool that folds health reports, passive failures, admin
+//! actions and reloads into each backend's state, then rebuilds and publishes the live set.
+//! Being the only writer, it needs no lock, and every published snapshot is consistent.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,14 +9,22 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Backend, BackendState, CheckRecord, LiveSet, Pool, PoolEvent};
+use super::{
+    AdminAction, AdminError, Backend, BackendState, CheckRecord, Command, LiveSet, Pool,
+    Reconfigured,
+};
 use crate::config::{CheckKind, PoolConfig};
 use crate::health::probe::{ProbeSetupError, Prober};
 use crate::health::state::{HealthState, Transition};
 use crate::health::{run_checks, CheckReport};
+
+/// How often draining backends are looked at (deadline passed? last connection gone?). Short
+/// enough that a removed backend leaves `/status` promptly; the tick runs only while draining.
+const DRAIN_TICK: Duration = Duration::from_millis(200);
 
 /// A started pool.
 pub struct Started {
@@ -26,90 +34,94 @@ pub struct Started {
     pub initial_round: oneshot::Receiver<()>,
 }
 
+/// What an operator or a reload set, on top of what the checks say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AdminState {
+    Active,
+    Draining { deadline: Instant, cut: bool },
+    Disabled,
+}
+
 struct Slot {
     backend: Arc<Backend>,
     health: HealthState,
+    admin: AdminState,
+    /// Removed by a reload: drains, then leaves the pool.
+    removed: bool,
+    /// Stops this backend's check task.
+    checks: Option<CancellationToken>,
     initial_pending: bool,
 }
 
-/// Builds the pool, spawns one check task per backend and the supervisor on `tasks`; all stop
-/// when `stop` is cancelled.
+impl Slot {
+    fn is_eligible(&self) -> bool {
+        self.admin == AdminState::Active && !self.removed
+    }
+
+    fn state(&self) -> BackendState {
+        match self.admin {
+            AdminState::Disabled => BackendState::Disabled,
+            AdminState::Draining { .. } => BackendState::Draining,
+            AdminState::Active if self.health.is_up() => BackendState::Up,
+            AdminState::Active => BackendState::Down,
+        }
+    }
+}
+
+fn new_prober(config: &PoolConfig) -> Result<Option<Arc<Prober>>, ProbeSetupError> {
+    if config.health.check == CheckKind::None {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Prober::new(&config.health)?)))
+}
+
+/// Builds the pool and spawns its supervisor (and one check task per backend) on `tasks`; all
+/// stop when `stop` is cancelled. With `initial`, one passing check is enough to be up (the
+/// start-up round); otherwise (a pool added by reload) backends need `rise` passes.
 pub fn start(
     config: PoolConfig,
+    drain_timeout: Duration,
+    initial: bool,
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<Started, ProbeSetupError> {
+    let prober = new_prober(&config)?;
     let name: Arc<str> = Arc::from(config.name.as_str());
-    let checked = config.health.check != CheckKind::None;
-    // Unchecked backends are simply up; checked ones start down until their first check.
-    let initial_state = if checked {
-        BackendState::Down
-    } else {
-        BackendState::Up
-    };
-    let members: Vec<Arc<Backend>> = config
-        .backends
-        .iter()
-        .map(|b| {
-            Arc::new(Backend::new(
-                name.clone(),
-                b.address,
-                b.weight,
-                initial_state,
-            ))
-        })
-        .collect();
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let config = Arc::new(config);
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let pool = Arc::new(Pool {
-        name,
-        members: ArcSwap::from_pointee(members.clone()),
-        live: ArcSwap::from_pointee(LiveSet::empty()),
+        name: name.clone(),
+        members: ArcSwap::from_pointee(Vec::new()),
+        live: ArcSwap::from_pointee(LiveSet::empty(config.clone())),
         fail_open: Default::default(),
-        events: events_tx,
-        config,
+        retired: Default::default(),
+        finished: Default::default(),
+        commands: commands_tx,
     });
-    let slots = members
-        .iter()
-        .map(|b| Slot {
-            backend: b.clone(),
-            health: HealthState::new(!checked, pool.config.health.rise, pool.config.health.fall),
-            initial_pending: checked,
-        })
-        .collect();
-
-    let (reports_tx, reports_rx) = mpsc::channel(members.len().max(1) * 2);
+    let (reports_tx, reports_rx) = mpsc::channel(config.backends.len().max(1) * 2);
     let (initial_tx, initial_rx) = oneshot::channel();
-    if checked {
-        let prober = Arc::new(Prober::new(&pool.config.health)?);
-        for b in &members {
-            let target = match pool.config.health.port {
-                0 => b.address,
-                port => SocketAddr::new(b.address.ip(), port),
-            };
-            tasks.spawn(run_checks(
-                b.address,
-                target,
-                prober.clone(),
-                pool.config.health.interval,
-                true,
-                reports_tx.clone(),
-                stop.clone(),
-            ));
-        }
-    }
-    drop(reports_tx);
     let mut supervisor = Supervisor {
         pool: pool.clone(),
-        slots,
+        config: config.clone(),
+        drain_timeout,
+        slots: Vec::new(),
+        prober,
+        reports_tx,
+        tasks: tasks.clone(),
+        stop: stop.clone(),
         initial_done: Some(initial_tx),
         refusing: false,
+        retired: false,
     };
+    for b in &config.backends {
+        supervisor.add_slot(b.address, b.weight, initial);
+    }
     supervisor.publish();
-    if !checked {
+    if !initial || supervisor.prober.is_none() {
         supervisor.finish_initial_round();
     }
-    let deadline = pool.config.health.timeout + Duration::from_millis(250);
-    tasks.spawn(supervisor.run(reports_rx, events_rx, stop, deadline));
+    let deadline = config.health.timeout + Duration::from_millis(250);
+    tasks.spawn(supervisor.run(reports_rx, commands_rx, stop, deadline));
     Ok(Started {
         pool,
         initial_round: initial_rx,
@@ -118,30 +130,49 @@ pub fn start(
 
 struct Supervisor {
     pool: Arc<Pool>,
+    config: Arc<PoolConfig>,
+    drain_timeout: Duration,
     slots: Vec<Slot>,
+    prober: Option<Arc<Prober>>,
+    reports_tx: mpsc::Sender<CheckReport>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
     initial_done: Option<oneshot::Sender<()>>,
     /// Whether the pool is closing new connections for want of a backend (logged on change).
     refusing: bool,
+    retired: bool,
 }
 
 impl Supervisor {
     async fn run(
         mut self,
         mut reports: mpsc::Receiver<CheckReport>,
-        mut events: mpsc::UnboundedReceiver<PoolEvent>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
         stop: CancellationToken,
         initial_deadline: Duration,
     ) {
         let initial_timer = tokio::time::sleep(initial_deadline);
         tokio::pin!(initial_timer);
+        let mut tick = tokio::time::interval(DRAIN_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let draining = self
+                .slots
+                .iter()
+                .any(|s| matches!(s.admin, AdminState::Draining { .. }));
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = &mut initial_timer, if self.initial_done.is_some() => {
                     self.finish_initial_round();
                 }
                 Some(report) = reports.recv() => self.on_report(report),
-                Some(event) = events.recv() => self.on_event(event),
+                Some(command) = commands.recv() => self.on_command(command),
+                _ = tick.tick(), if draining => self.on_drain_tick(),
+            }
+            if self.retired && self.slots.is_empty() {
+                tracing::info!(pool = %self.pool.name, "removed pool drained: stopped");
+                self.pool.finished.store(true, Ordering::Relaxed);
+                return;
             }
         }
     }
@@ -150,10 +181,68 @@ impl Supervisor {
         self.slots.iter().position(|s| s.backend.address == addr)
     }
 
+    fn add_slot(&mut self, address: SocketAddr, weight: u32, initial: bool) {
+        let checked = self.prober.is_some();
+        // Unchecked backends are simply up; checked ones start down until checks say otherwise.
+        let state = if checked {
+            BackendState::Down
+        } else {
+            BackendState::Up
+        };
+        let backend = Arc::new(Backend::new(self.pool.name.clone(), address, weight, state));
+        let health = &self.config.health;
+        self.slots.push(Slot {
+            backend,
+            health: HealthState::new(!checked, health.rise, health.fall),
+            admin: AdminState::Active,
+            removed: false,
+            checks: None,
+            initial_pending: checked && initial,
+        });
+        let i = self.slots.len() - 1;
+        self.start_checks(i, initial);
+    }
+
+    fn start_checks(&mut self, i: usize, initial: bool) {
+        let Some(prober) = self.prober.clone() else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        if slot.checks.is_some() {
+            return;
+        }
+        let token = self.stop.child_token();
+        let address = slot.backend.address;
+        let target = match self.config.health.port {
+            0 => address,
+            port => SocketAddr::new(address.ip(), port),
+        };
+        self.tasks.spawn(run_checks(
+            address,
+            target,
+            prober,
+            self.config.health.interval,
+            initial,
+            self.reports_tx.clone(),
+            token.clone(),
+        ));
+        slot.checks = Some(token);
+    }
+
+    fn stop_checks(&mut self, i: usize) {
+        if let Some(token) = self.slots[i].checks.take() {
+            token.cancel();
+        }
+    }
+
     fn on_report(&mut self, report: CheckReport) {
         let Some(i) = self.slot_index(report.backend) else {
             return;
         };
+        // A report that was in flight when checks stopped (disable) says nothing now.
+        if self.slots[i].checks.is_none() {
+            return;
+        }
         let outcome = &report.outcome;
         let pass = outcome.is_pass();
         let reason = match &outcome.result {
@@ -192,25 +281,235 @@ impl Supervisor {
         }
     }
 
-    fn on_event(&mut self, event: PoolEvent) {
-        match event {
-            PoolEvent::PassiveFailure {
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::PassiveFailure {
                 backend,
                 consecutive,
+            } => self.on_passive_failure(backend, consecutive),
+            Command::Admin {
+                backend,
+                action,
+                reply,
             } => {
-                let Some(i) = self.slot_index(backend) else {
-                    return;
+                let _ = reply.send(self.on_admin(backend, action));
+            }
+            Command::Reconfigure {
+                config,
+                drain_timeout,
+                reply,
+            } => {
+                let _ = reply.send(self.reconfigure(*config, drain_timeout));
+            }
+            Command::Retire { drain_timeout } => self.retire(drain_timeout),
+        }
+    }
+
+    fn on_passive_failure(&mut self, backend: SocketAddr, consecutive: u32) {
+        let Some(i) = self.slot_index(backend) else {
+            return;
+        };
+        // With no active check nothing could bring it back, so passive marking is off.
+        if self.prober.is_none() {
+            return;
+        }
+        if let Some(t) = self.slots[i].health.force_down() {
+            let reason = format!("{consecutive} consecutive connect failures");
+            self.log_transition(i, t, &reason);
+            self.publish();
+        }
+    }
+
+    fn on_admin(
+        &mut self,
+        address: SocketAddr,
+        action: AdminAction,
+    ) -> Result<BackendState, AdminError> {
+        let pool = self.pool.name.to_string();
+        let Some(i) = self.slot_index(address) else {
+            return Err(AdminError::UnknownBackend { pool, address });
+        };
+        if self.slots[i].removed {
+            return Err(AdminError::Removed { pool, address });
+        }
+        let before = self.slots[i].state();
+        match (action, self.slots[i].admin) {
+            (AdminAction::Drain, AdminState::Draining { .. }) => {}
+            (AdminAction::Drain, previous) => {
+                self.slots[i].admin = AdminState::Draining {
+                    deadline: Instant::now() + self.drain_timeout,
+                    cut: false,
                 };
-                // With no active check nothing could bring it back, so passive marking is off.
-                if self.pool.config.health.check == CheckKind::None {
-                    return;
-                }
-                if let Some(t) = self.slots[i].health.force_down() {
-                    let reason = format!("{consecutive} consecutive connect failures");
-                    self.log_transition(i, t, &reason);
-                    self.publish();
+                if previous == AdminState::Disabled {
+                    // Its health is stale after a time without checks: earn `rise` passes again.
+                    self.reset_health(i);
+                    self.start_checks(i, false);
                 }
             }
+            (AdminAction::Disable, AdminState::Disabled) => {}
+            (AdminAction::Disable, _) => {
+                self.slots[i].admin = AdminState::Disabled;
+                self.stop_checks(i);
+            }
+            (AdminAction::Enable, AdminState::Active) => {}
+            (AdminAction::Enable, AdminState::Draining { .. }) => {
+                self.slots[i].admin = AdminState::Active;
+                self.slots[i].backend.rearm_cut();
+            }
+            (AdminAction::Enable, AdminState::Disabled) => {
+                self.slots[i].admin = AdminState::Active;
+                self.slots[i].backend.rearm_cut();
+                self.reset_health(i);
+                self.start_checks(i, false);
+            }
+        }
+        let after = self.slots[i].state();
+        tracing::info!(pool = %self.pool.name, backend = %address, action = action.as_str(),
+            from = before.as_str(), state = after.as_str(), "admin action");
+        self.publish();
+        Ok(after)
+    }
+
+    /// Down, needing `rise` passes (or up at once when nothing checks it).
+    fn reset_health(&mut self, i: usize) {
+        let h = &self.config.health;
+        self.slots[i].health = HealthState::new(self.prober.is_none(), h.rise, h.fall);
+    }
+
+    fn reconfigure(&mut self, new: PoolConfig, drain_timeout: Duration) -> Reconfigured {
+        self.drain_timeout = drain_timeout;
+        let health_changed = new.health != self.config.health;
+        self.config = Arc::new(new);
+        if health_changed {
+            match new_prober(&self.config) {
+                Ok(prober) => {
+                    let was_checked = self.prober.is_some();
+                    self.prober = prober;
+                    let (rise, fall) = (self.config.health.rise, self.config.health.fall);
+                    for i in 0..self.slots.len() {
+                        self.stop_checks(i);
+                        // Unchecked backends are up; backends checked for the first time start
+                        // from up too (they were serving), so checks only take them out.
+                        if self.prober.is_none() || !was_checked {
+                            self.slots[i].health = HealthState::new(true, rise, fall);
+                        } else {
+                            self.slots[i].health.set_thresholds(rise, fall);
+                        }
+                        if self.slots[i].admin != AdminState::Disabled {
+                            self.start_checks(i, false);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Validation read the same files a moment ago; keep checking the old way.
+                    tracing::error!(pool = %self.pool.name, error = %e,
+                        "new health-check settings could not be applied; keeping the old ones");
+                }
+            }
+        }
+        let mut changes = Reconfigured::default();
+        let wanted: Vec<(SocketAddr, u32)> = self
+            .config
+            .backends
+            .iter()
+            .map(|b| (b.address, b.weight))
+            .collect();
+        for &(address, weight) in &wanted {
+            match self.slot_index(address) {
+                Some(i) => {
+                    let slot = &mut self.slots[i];
+                    slot.backend.set_weight(weight);
+                    if slot.removed {
+                        // Back before its drain finished: it keeps its health, like a kept one.
+                        slot.removed = false;
+                        slot.admin = AdminState::Active;
+                        slot.backend.rearm_cut();
+                        changes.added.push(address);
+                    }
+                }
+                None => {
+                    self.add_slot(address, weight, false);
+                    changes.added.push(address);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.drain_timeout;
+        for slot in &mut self.slots {
+            let address = slot.backend.address;
+            if !slot.removed && !wanted.iter().any(|(a, _)| *a == address) {
+                slot.removed = true;
+                slot.admin = AdminState::Draining {
+                    deadline,
+                    cut: false,
+                };
+                changes.removed.push(address);
+            }
+        }
+        // Config order first, removed (draining) ones after.
+        let order = |s: &Slot| {
+            wanted
+                .iter()
+                .position(|(a, _)| *a == s.backend.address)
+                .unwrap_or(usize::MAX)
+        };
+        self.slots.sort_by_key(order);
+        for a in &changes.added {
+            tracing::info!(pool = %self.pool.name, backend = %a, "backend added by reload: starts down");
+        }
+        for a in &changes.removed {
+            tracing::info!(pool = %self.pool.name, backend = %a, "backend removed by reload: draining");
+        }
+        self.publish();
+        changes
+    }
+
+    fn retire(&mut self, drain_timeout: Duration) {
+        self.retired = true;
+        let deadline = Instant::now() + drain_timeout;
+        for slot in &mut self.slots {
+            slot.removed = true;
+            if !matches!(slot.admin, AdminState::Draining { .. }) {
+                slot.admin = AdminState::Draining {
+                    deadline,
+                    cut: false,
+                };
+            }
+        }
+        tracing::info!(pool = %self.pool.name, "pool removed by reload: draining");
+        self.publish();
+    }
+
+    fn on_drain_tick(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        for slot in &mut self.slots {
+            let AdminState::Draining { deadline, cut } = &mut slot.admin else {
+                continue;
+            };
+            let active = slot.backend.active_connections();
+            if !*cut && now >= *deadline && active > 0 {
+                tracing::warn!(pool = %self.pool.name, backend = %slot.backend.address,
+                    open_connections = active, "drain timeout reached: closing the remaining connections");
+                slot.backend.cut_connections();
+                *cut = true;
+            }
+        }
+        let before = self.slots.len();
+        let mut i = 0;
+        while i < self.slots.len() {
+            let s = &self.slots[i];
+            if s.removed && s.backend.active_connections() == 0 {
+                self.stop_checks(i);
+                let gone = self.slots.remove(i);
+                tracing::info!(pool = %self.pool.name, backend = %gone.backend.address,
+                    "removed backend drained: gone");
+            } else {
+                i += 1;
+            }
+        }
+        changed |= before != self.slots.len();
+        if changed {
+            self.publish();
         }
     }
 
@@ -241,44 +540,47 @@ impl Supervisor {
     /// Rebuilds the live set from the slots and publishes it with one store.
     fn publish(&mut self) {
         for s in &self.slots {
-            let state = if s.health.is_up() {
-                BackendState::Up
-            } else {
-                BackendState::Down
-            };
-            s.backend.set_state(state);
+            s.backend.set_state(s.state());
         }
         let up: Vec<Arc<Backend>> = self
             .slots
             .iter()
-            .filter(|s| s.health.is_up())
+            .filter(|s| s.is_eligible() && s.health.is_up())
             .map(|s| s.backend.clone())
             .collect();
-        let config: &PoolConfig = &self.pool.config;
+        let down: Vec<Arc<Backend>> = self
+            .slots
+            .iter()
+            .filter(|s| s.is_eligible() && !s.health.is_up())
+            .map(|s| s.backend.clone())
+            .collect();
         // Before the start-up round ends nobody is up yet by construction: that is no outage.
         let in_startup = self.initial_done.is_some();
-        let failing_open = up.is_empty() && config.fail_open && !in_startup;
+        let failing_open =
+            up.is_empty() && !down.is_empty() && self.config.fail_open && !in_startup;
         let set = if !up.is_empty() {
-            LiveSet::new(up, false)
+            LiveSet::new(self.config.clone(), up, false)
         } else if failing_open {
-            let down = self.slots.iter().map(|s| s.backend.clone()).collect();
-            LiveSet::new(down, true)
+            LiveSet::new(self.config.clone(), down, true)
         } else {
-            LiveSet::empty()
+            LiveSet::empty(self.config.clone())
         };
         let was_failing_open = self.pool.fail_open.swap(failing_open, Ordering::Relaxed);
         let is_empty = set.is_empty();
         self.pool.live.store(Arc::new(set));
+        self.pool.members.store(Arc::new(
+            self.slots.iter().map(|s| s.backend.clone()).collect(),
+        ));
         if failing_open && !was_failing_open {
             tracing::warn!(pool = %self.pool.name, "no backend is up: failing open over the down backends");
         } else if !failing_open && was_failing_open {
-            tracing::info!(pool = %self.pool.name, "a backend is up again: fail-open ended");
+            tracing::info!(pool = %self.pool.name, "fail-open ended");
         }
-        let refusing = is_empty && !failing_open && !in_startup;
+        let refusing = is_empty && !in_startup && !self.retired;
         if refusing && !self.refusing {
-            tracing::warn!(pool = %self.pool.name, "no backend is up: new connections are closed (fail_open = false)");
+            tracing::warn!(pool = %self.pool.name, "no backend can take connections: new connections are closed");
         } else if !refusing && self.refusing {
-            tracing::info!(pool = %self.pool.name, "a backend is up again: accepting connections for this pool");
+            tracing::info!(pool = %self.pool.name, "a backend can take connections again");
         }
         self.refusing = refusing;
     }
