@@ -1,0 +1,766 @@
+//! The access log: one line per finished connection, written off the data path.
+//!
+//! A connection hands its [`AccessRecord`] to a bounded queue with a non-blocking `try_send`
+//! and moves on; when the queue is full (the sink is slow or stuck) the line is dropped and
+//! counted, never waited for. One dedicated OS thread (not a tokio task: writing to a pipe or
+//! a file can block the thread doing it) drains the queue, formats each record and writes it
+//! through a `BufWriter` flushed whenever the queue is momentarily empty. A stalled sink
+//! therefore stalls only that thread, and the loss shows in [`AccessLog::dropped`].
+//!
+//! The line formats are pure functions ([`format_text`], [`format_json`]); the layout is
+//! DESIGN.md §5 "Access log line".
+
+use std::fmt::Write as _;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use crate::config::LogFormat;
+
+/// Queue length of [`AccessLog::stdout`], in lines.
+///
+/// The queue only has to absorb a burst while stdout is slow (a full pipe, a journald or
+/// container-runtime hiccup): 65,536 lines ride out about 6 s of a stuck sink at 10,000
+/// connections ending per second before lines are dropped. Each slot is a queued record of
+/// about 180 bytes, and std's bounded channel allocates every slot up front, so this costs
+/// about 12 MiB; a longer queue would only delay, not prevent, loss behind a sink that stays
+/// stuck.
+pub const STDOUT_QUEUE_LINES: usize = 65_536;
+
+/// What one finished connection reports; becomes one access log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// Name of the listener that accepted the connection.
+    pub listener: Arc<str>,
+    /// The client's address as the listener saw it.
+    pub client: SocketAddr,
+    /// Server name the client asked for in its `ClientHello`, if any (client-controlled text).
+    pub sni: Option<Arc<str>>,
+    /// Pool the connection was served from.
+    pub pool: Arc<str>,
+    /// Backend the bytes went to; `None` when no connection to a backend was made.
+    pub backend: Option<SocketAddr>,
+    /// Bytes moved client → backend.
+    pub to_backend: u64,
+    /// Bytes moved backend → client.
+    pub to_client: u64,
+    /// Time from accept to the end of the connection.
+    pub duration: Duration,
+    /// Why the connection ended (`client_closed`, `no_backend`, ...; DESIGN.md §5).
+    pub end: &'static str,
+}
+
+/// The access log handle: cheap to clone, shared by every listener.
+#[derive(Clone)]
+pub struct AccessLog {
+    /// `None` when the log is disabled: no queue, no thread, nothing counted.
+    shared: Option<Arc<Shared>>,
+}
+
+/// What the handles share. Only this holds the queue's sender: the writer thread holds just
+/// the [`Counters`], so dropping every handle disconnects the queue and lets the thread end.
+struct Shared {
+    /// The queue's only sender. Taking it out (at stop) disconnects the channel, so the writer
+    /// drains what is queued and exits; `record()` reads it lock-free, so connections never
+    /// contend on a lock.
+    queue: ArcSwapOption<SyncSender<Queued>>,
+    /// Shared with the writer thread.
+    counters: Arc<Counters>,
+}
+
+/// Counters and the end-of-writer signal, shared by the handles and the writer thread.
+#[derive(Default)]
+struct Counters {
+    /// Lines the queue refused (full, or the log stopped).
+    dropped: AtomicU64,
+    /// Lines the writer accepted into its buffer.
+    written: AtomicU64,
+    /// Failed writes or flushes to the sink.
+    write_errors: AtomicU64,
+    /// Set by the writer thread as it exits, however it exits.
+    finished: Mutex<bool>,
+    /// Signalled with `finished`.
+    finished_changed: Condvar,
+}
+
+/// A record on its way to the writer, with the wall-clock time the connection ended (taken
+/// at record time, so a lagging writer does not skew the timestamps).
+struct Queued {
+    at: SystemTime,
+    record: AccessRecord,
+}
+
+impl AccessLog {
+    /// Starts the writer thread, writing `format` lines to `sink` behind a queue of
+    /// `capacity` lines (at least 1). Fails only when the OS refuses a new thread.
+    pub fn start(
+        format: LogFormat,
+        sink: Box<dyn Write + Send>,
+        capacity: usize,
+    ) -> io::Result<AccessLog> {
+        // A zero-capacity std channel is a rendezvous: try_send would fail unless the writer
+        // happened to be waiting, so at least one slot.
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let for_writer = counters.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let _finished = FinishedOnDrop(&for_writer);
+                write_lines(format, rx, sink, &for_writer);
+            })?;
+        Ok(AccessLog {
+            shared: Some(Arc::new(Shared {
+                queue: ArcSwapOption::from_pointee(tx),
+                counters,
+            })),
+        })
+    }
+
+    /// An access log to stdout in `format`, behind a queue of [`STDOUT_QUEUE_LINES`]; fails
+    /// as [`AccessLog::start`] does.
+    pub fn stdout(format: LogFormat) -> io::Result<AccessLog> {
+        // Stdout (not a lock on it) because the guard is not Send; the BufWriter in front
+        // batches lines, so Stdout's own line buffering costs one syscall per batch.
+        AccessLog::start(format, Box::new(io::stdout()), STDOUT_QUEUE_LINES)
+    }
+
+    /// A log that writes and counts nothing (`runtime.access_log = false`).
+    pub fn disabled() -> AccessLog {
+        AccessLog { shared: None }
+    }
+
+    /// Whether lines are written at all, for callers that want to skip building a record.
+    pub fn is_enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Queues one line; never blocks. Drops and counts it when the queue is full or stopped.
+    pub fn record(&self, record: AccessRecord) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let queued = Queued {
+            at: SystemTime::now(),
+            record,
+        };
+        let sent = match &*shared.queue.load() {
+            Some(tx) => match tx.try_send(queued) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        };
+        if !sent {
+            shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped because the queue was full or the log stopped
+    /// (`splicer_access_log_dropped_total`).
+    pub fn dropped(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.counters.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Lines the writer accepted into its buffer (a flush that fails later loses them and
+    /// counts in [`AccessLog::write_errors`]).
+    pub fn written(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.counters.written.load(Ordering::Relaxed))
+    }
+
+    /// Failed writes or flushes to the sink: a line whose write failed is lost; what a failed
+    /// flush left buffered is retried by the next one.
+    pub fn write_errors(&self) -> u64 {
+        self.shared
+            .as_ref()
+            .map_or(0, |s| s.counters.write_errors.load(Ordering::Relaxed))
+    }
+
+    /// At shutdown: stops taking lines, lets the writer drain the queue and flush, waiting at
+    /// most `timeout`. Returns whether everything queued was written out (false when the sink
+    /// is stuck; the rest is then lost with the process).
+    pub fn flush_and_stop(&self, timeout: Duration) -> bool {
+        let Some(shared) = &self.shared else {
+            return true;
+        };
+        // Dropping the only sender disconnects the channel once in-flight record() calls let
+        // go of it; the writer then sees Disconnected only after the queue is empty.
+        shared.queue.store(None);
+        let counters = &shared.counters;
+        let finished = counters
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (finished, _) = counters
+            .finished_changed
+            .wait_timeout_while(finished, timeout, |done| !*done)
+            .unwrap_or_else(PoisonError::into_inner);
+        *finished
+    }
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("enabled", &self.is_enabled())
+            .field("written", &self.written())
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+/// Marks the writer finished when its thread ends, even by a panic in the sink.
+struct FinishedOnDrop<'a>(&'a Counters);
+
+impl Drop for FinishedOnDrop<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.0.finished_changed.notify_all();
+    }
+}
+
+/// The writer thread's loop: drain the queue, flush whenever it is momentarily empty, end
+/// when the channel is disconnected and empty. Write errors are counted, never fatal.
+fn write_lines(
+    format: LogFormat,
+    queue: Receiver<Queued>,
+    sink: Box<dyn Write + Send>,
+    counters: &Counters,
+) {
+    let mut out = BufWriter::new(sink);
+    let mut line = String::with_capacity(512);
+    loop {
+        let queued = match queue.try_recv() {
+            Ok(q) => q,
+            Err(TryRecvError::Empty) => {
+                // Nothing waiting: push out what is buffered before sleeping, so lines reach
+                // the sink promptly at low rates and in batches at high ones.
+                if out.flush().is_err() {
+                    counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                match queue.recv() {
+                    Ok(q) => q,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        line.clear();
+        match format {
+            LogFormat::Text => push_text(&mut line, &queued.record, queued.at),
+            LogFormat::Json => push_json(&mut line, &queued.record, queued.at),
+        }
+        line.push('\n');
+        // A line is far shorter than the buffer, so BufWriter either takes all of it or (when
+        // it cannot flush earlier lines) none of it: the sink never sees half a line.
+        match out.write_all(line.as_bytes()) {
+            Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
+            Err(_) => counters.write_errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+    if out.flush().is_err() {
+        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The text line, without its newline:
+/// `2026-11-27T12:00:00.123Z listener=https client=... end=client_closed`.
+pub fn format_text(record: &AccessRecord, at: SystemTime) -> String {
+    let mut line = String::with_capacity(256);
+    push_text(&mut line, record, at);
+    line
+}
+
+/// The JSON line, without its newline: the text line's fields plus `ts`, `null` for absent
+/// `sni`/`backend`.
+pub fn format_json(record: &AccessRecord, at: SystemTime) -> String {
+    let mut line = String::with_capacity(320);
+    push_json(&mut line, record, at);
+    line
+}
+
+fn push_text(line: &mut String, r: &AccessRecord, at: SystemTime) {
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = write!(line, "{} listener=", humantime::format_rfc3339_millis(at));
+    push_text_value(line, &r.listener);
+    let _ = write!(line, " client={} sni=", r.client);
+    match &r.sni {
+        Some(sni) => push_text_value(line, sni),
+        None => line.push('-'),
+    }
+    line.push_str(" pool=");
+    push_text_value(line, &r.pool);
+    line.push_str(" backend=");
+    match r.backend {
+        Some(b) => {
+            let _ = write!(line, "{b}");
+        }
+        None => line.push('-'),
+    }
+    let _ = write!(
+        line,
+        " to_backend={} to_client={} duration_ms={} end=",
+        r.to_backend,
+        r.to_client,
+        duration_ms(r.duration)
+    );
+    push_text_value(line, r.end);
+}
+
+/// Appends a text value bare when it is plain, else quoted and escaped.
+///
+/// Bare values are printable ASCII without space, `"`, `=` or `\`, so `key=value` splits
+/// unambiguously. Anything else (notably a client's SNI) is quoted with `\\`, `\"`, `\n`,
+/// `\r`, `\t` escapes and `\u{..}` for every other character outside printable ASCII, so a
+/// record is always exactly one line of printable ASCII and no input can forge a field or a
+/// line. `-` and the empty string are quoted too: bare `-` means "absent".
+fn push_text_value(line: &mut String, value: &str) {
+    let is_plain = !value.is_empty()
+        && value != "-"
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'=' | b'\\'));
+    if is_plain {
+        line.push_str(value);
+        return;
+    }
+    line.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            ' '..='~' => line.push(c),
+            _ => line.extend(c.escape_unicode()),
+        }
+    }
+    line.push('"');
+}
+
+/// One JSON line; field order follows the text line.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    ts: String,
+    listener: &'a str,
+    client: SocketAddr,
+    sni: Option<&'a str>,
+    pool: &'a str,
+    backend: Option<SocketAddr>,
+    to_backend: u64,
+    to_client: u64,
+    duration_ms: u64,
+    end: &'a str,
+}
+
+fn push_json(line: &mut String, r: &AccessRecord, at: SystemTime) {
+    let ts = humantime::format_rfc3339_millis(at).to_string();
+    let json = JsonLine {
+        ts,
+        listener: &r.listener,
+        client: r.client,
+        sni: r.sni.as_deref(),
+        pool: &r.pool,
+        backend: r.backend,
+        to_backend: r.to_backend,
+        to_client: r.to_client,
+        duration_ms: duration_ms(r.duration),
+        end: r.end,
+    };
+    // serde_json escapes every control character, so the object never spans lines. Strings,
+    // integers and addresses cannot fail to serialize; the fallback only keeps a line valid.
+    match serde_json::to_string(&json) {
+        Ok(s) => line.push_str(&s),
+        Err(_) => {
+            let _ = write!(
+                line,
+                "{{\"ts\":\"{}\",\"error\":\"unserializable\"}}",
+                json.ts
+            );
+        }
+    }
+}
+
+/// Whole milliseconds, saturating (a connection does not live 584 million years).
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc::Sender;
+    use std::time::{Instant, UNIX_EPOCH};
+
+    /// 2026-11-27T12:00:00.123Z
+    fn at() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_795_780_800_123)
+    }
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            listener: "https".into(),
+            client: "198.51.100.7:51234".parse().unwrap(),
+            sni: Some("quay.example.com".into()),
+            pool: "quay".into(),
+            backend: Some("10.0.0.11:443".parse().unwrap()),
+            to_backend: 1832,
+            to_client: 904_211,
+            duration: Duration::from_micros(412_999),
+            end: "client_closed",
+        }
+    }
+
+    fn with_sni(sni: &str) -> AccessRecord {
+        AccessRecord {
+            sni: Some(sni.into()),
+            ..record()
+        }
+    }
+
+    #[test]
+    fn text_line_matches_the_design() {
+        assert_eq!(
+            format_text(&record(), at()),
+            "2026-11-27T12:00:00.123Z listener=https client=198.51.100.7:51234 \
+             sni=quay.example.com pool=quay backend=10.0.0.11:443 to_backend=1832 \
+             to_client=904211 duration_ms=412 end=client_closed"
+        );
+    }
+
+    #[test]
+    fn text_absent_fields_and_ipv6() {
+        let r = AccessRecord {
+            client: "[2001:db8::7]:51234".parse().unwrap(),
+            sni: None,
+            backend: None,
+            to_backend: 0,
+            to_client: 0,
+            duration: Duration::ZERO,
+            end: "no_backend",
+            ..record()
+        };
+        assert_eq!(
+            format_text(&r, at()),
+            "2026-11-27T12:00:00.123Z listener=https client=[2001:db8::7]:51234 sni=- \
+             pool=quay backend=- to_backend=0 to_client=0 duration_ms=0 end=no_backend"
+        );
+    }
+
+    #[test]
+    fn text_escapes_hostile_values() {
+        let cases: &[(&str, &str)] = &[
+            ("plain.example.com", "sni=plain.example.com "),
+            ("", r#"sni="" "#),
+            ("-", r#"sni="-" "#),
+            ("a b", r#"sni="a b" "#),
+            ("a=b", r#"sni="a=b" "#),
+            (r#"x" pool=evil"#, r#"sni="x\" pool=evil" "#),
+            ("back\\slash", r#"sni="back\\slash" "#),
+            ("x\nlistener=forged", r#"sni="x\nlistener=forged" "#),
+            ("cr\rtab\t", r#"sni="cr\rtab\t" "#),
+            ("esc\u{1b}[31m", r#"sni="esc\u{1b}[31m" "#),
+            ("nul\0del\u{7f}", r#"sni="nul\u{0}del\u{7f}" "#),
+            ("nel\u{85}ls\u{2028}", r#"sni="nel\u{85}ls\u{2028}" "#),
+            ("bidi\u{202e}moc.", r#"sni="bidi\u{202e}moc." "#),
+            ("münchen.de", r#"sni="m\u{fc}nchen.de" "#),
+        ];
+        for (sni, want) in cases {
+            let line = format_text(&with_sni(sni), at());
+            assert!(line.contains(want), "sni {sni:?}: {line}");
+            assert!(
+                line.bytes().all(|b| (b' '..=b'~').contains(&b)),
+                "sni {sni:?}: not one printable line: {line:?}"
+            );
+            // Apart from the SNI value, the line is untouched: nothing was forged or cut.
+            let baseline = format_text(&record(), at());
+            assert_eq!(
+                line.replacen(want, "", 1),
+                baseline.replacen("sni=quay.example.com ", "", 1),
+                "sni {sni:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_escapes_config_names_too() {
+        let r = AccessRecord {
+            listener: "my listener".into(),
+            pool: "p=q".into(),
+            ..record()
+        };
+        let line = format_text(&r, at());
+        assert!(line.contains(r#" listener="my listener" "#), "{line}");
+        assert!(line.contains(r#" pool="p=q" "#), "{line}");
+    }
+
+    #[test]
+    fn json_line_matches_the_design() {
+        assert_eq!(
+            format_json(&record(), at()),
+            r#"{"ts":"2026-11-27T12:00:00.123Z","listener":"https","client":"198.51.100.7:51234","sni":"quay.example.com","pool":"quay","backend":"10.0.0.11:443","to_backend":1832,"to_client":904211,"duration_ms":412,"end":"client_closed"}"#
+        );
+    }
+
+    #[test]
+    fn json_absent_fields_are_null() {
+        let r = AccessRecord {
+            sni: None,
+            backend: None,
+            end: "connect_failed",
+            ..record()
+        };
+        let v: serde_json::Value = serde_json::from_str(&format_json(&r, at())).unwrap();
+        assert!(v["sni"].is_null());
+        assert!(v["backend"].is_null());
+        assert_eq!(v["duration_ms"], 412);
+        assert_eq!(v["end"], "connect_failed");
+    }
+
+    #[test]
+    fn json_hostile_sni_round_trips_on_one_line() {
+        for sni in [
+            "x\nlistener=forged",
+            r#"q"uo"te"#,
+            "back\\slash",
+            "esc\u{1b}\0\r\t",
+            "a=b c",
+            "ls\u{2028}nel\u{85}",
+        ] {
+            let line = format_json(&with_sni(sni), at());
+            assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["sni"], sni);
+            assert_eq!(v["pool"], "quay");
+        }
+    }
+
+    /// A sink whose writes wait until the test opens the gate (or drops the sender).
+    struct GatedSink {
+        gate: Receiver<()>,
+        open: bool,
+        parked: Arc<AtomicBool>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for GatedSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if !self.open {
+                self.parked.store(true, Ordering::SeqCst);
+                // Any message or a dropped sender opens the gate for good.
+                let _ = self.gate.recv();
+                self.open = true;
+            }
+            self.out.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Gated {
+        open: Sender<()>,
+        sink: Box<dyn Write + Send>,
+        parked: Arc<AtomicBool>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    fn gated() -> Gated {
+        let (open, gate) = mpsc::channel();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let parked = Arc::new(AtomicBool::new(false));
+        let sink = GatedSink {
+            gate,
+            open: false,
+            parked: parked.clone(),
+            out: out.clone(),
+        };
+        Gated {
+            open,
+            sink: Box::new(sink),
+            parked,
+            out,
+        }
+    }
+
+    /// A sink appending to a shared Vec.
+    struct VecSink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for VecSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A sink whose every write fails.
+    struct BrokenSink;
+
+    impl Write for BrokenSink {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+    }
+
+    fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        condition()
+    }
+
+    fn lines(out: &Mutex<Vec<u8>>) -> Vec<String> {
+        let bytes = out.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "partial line");
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_stuck_sink_never_blocks_record() {
+        let Gated {
+            open,
+            sink,
+            parked,
+            out,
+        } = gated();
+        let log = AccessLog::start(LogFormat::Text, sink, 16).unwrap();
+        // The first line reaches the sink and parks the writer inside write() with the queue
+        // empty.
+        log.record(record());
+        assert!(wait_until(Duration::from_secs(5), || parked.load(Ordering::SeqCst)));
+
+        let started = Instant::now();
+        for _ in 0..10_000 {
+            log.record(record());
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "10,000 record() took {took:?}"
+        );
+        // The queue holds 16 and the writer is parked, so everything else is dropped.
+        assert!(
+            log.dropped() >= 10_000 - 16 - 1,
+            "dropped {}",
+            log.dropped()
+        );
+        assert_eq!(log.dropped(), 10_000 - 16);
+
+        open.send(()).unwrap();
+        let expected = 10_001 - log.dropped();
+        assert!(wait_until(Duration::from_secs(5), || {
+            log.written() == expected && lines(&out).len() as u64 == expected
+        }));
+        for line in lines(&out) {
+            assert!(line.ends_with(" end=client_closed"), "{line}");
+        }
+        assert!(log.flush_and_stop(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn disabled_writes_and_counts_nothing() {
+        let log = AccessLog::disabled();
+        assert!(!log.is_enabled());
+        for _ in 0..100 {
+            log.record(record());
+        }
+        assert_eq!(
+            (log.written(), log.dropped(), log.write_errors()),
+            (0, 0, 0)
+        );
+        assert!(log.flush_and_stop(Duration::ZERO));
+    }
+
+    #[test]
+    fn flush_and_stop_drains_the_queue() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::start(LogFormat::Json, Box::new(VecSink(out.clone())), 1024).unwrap();
+        let clone = log.clone();
+        for i in 0..1000 {
+            clone.record(AccessRecord {
+                to_backend: i,
+                ..record()
+            });
+        }
+        assert!(log.flush_and_stop(Duration::from_secs(5)));
+        let lines = lines(&out);
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(log.written(), 1000);
+        for (i, line) in lines.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["to_backend"], i as u64);
+        }
+        // Stopped: further lines are refused, counted, and never block.
+        clone.record(record());
+        assert_eq!(log.dropped(), 1);
+    }
+
+    #[test]
+    fn flush_and_stop_gives_up_on_a_stuck_sink() {
+        let Gated { open, sink, .. } = gated();
+        let log = AccessLog::start(LogFormat::Text, sink, 16).unwrap();
+        for _ in 0..10 {
+            log.record(record());
+        }
+        let started = Instant::now();
+        assert!(!log.flush_and_stop(Duration::from_millis(200)));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // Released, the writer finishes what was queued and exits.
+        drop(open);
+        assert!(log.flush_and_stop(Duration::from_secs(5)));
+        assert_eq!(log.written(), 10);
+    }
+
+    #[test]
+    fn write_errors_are_counted_and_the_writer_keeps_going() {
+        let log = AccessLog::start(LogFormat::Text, Box::new(BrokenSink), 64).unwrap();
+        for _ in 0..3 {
+            log.record(record());
+        }
+        assert!(log.flush_and_stop(Duration::from_secs(5)));
+        assert!(log.write_errors() >= 1);
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn dropping_every_handle_ends_the_writer() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let log = AccessLog::start(LogFormat::Text, Box::new(VecSink(out.clone())), 8).unwrap();
+        log.record(record());
+        drop(log);
+        assert!(wait_until(Duration::from_secs(5), || lines(&out).len() == 1));
+    }
+}

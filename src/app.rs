@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::AccessLog;
 use crate::admin;
 use crate::config::{self, diff, AdminToken, Config, ListenerConfig};
 use crate::health::probe::ProbeSetupError;
@@ -35,6 +36,9 @@ pub enum AppError {
         #[source]
         source: ProbeSetupError,
     },
+    /// The access log's writer thread could not start.
+    #[error("cannot start the access log")]
+    AccessLog(#[source] std::io::Error),
     /// Registering a socket with the runtime failed.
     #[error("cannot register the socket for {addr} with the runtime")]
     Register {
@@ -107,6 +111,7 @@ pub struct AppState {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     control: tokio::sync::Mutex<Control>,
+    access_log: std::sync::OnceLock<AccessLog>,
     background: TaskTracker,
     connections: TaskTracker,
     stop_background: CancellationToken,
@@ -166,6 +171,24 @@ impl AppState {
     /// The bearer token POST requests need, if one is configured.
     pub fn admin_token(&self) -> Arc<Option<AdminToken>> {
         self.admin_token.load_full()
+    }
+
+    /// Access-log lines dropped because the sink could not keep up.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.access_log.get().map_or(0, |l| l.dropped())
+    }
+
+    /// The access log listeners should use under `config`. The writer thread starts the first
+    /// time one is needed and is kept (a reload that turns logging off and on reuses it).
+    fn access_log_for(&self, config: &Config) -> std::io::Result<AccessLog> {
+        if !config.runtime.access_log {
+            return Ok(AccessLog::disabled());
+        }
+        if let Some(log) = self.access_log.get() {
+            return Ok(log.clone());
+        }
+        let log = AccessLog::stdout(config.runtime.log_format)?;
+        Ok(self.access_log.get_or_init(|| log).clone())
     }
 
     /// Whether a shutdown has begun.
@@ -288,6 +311,13 @@ impl AppState {
 
         // Listeners: stop removed and changed loops; start added and changed ones.
         let access_log_changed = new.runtime.access_log != control.config.runtime.access_log;
+        let access_log = match self.access_log_for(&new) {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access log; connections are not logged");
+                AccessLog::disabled()
+            }
+        };
         let old_ctxs = self.listeners.load_full();
         for name in &d.listeners_removed {
             if let Some(pos) = control.loops.iter().position(|l| &l.name == name) {
@@ -339,7 +369,7 @@ impl AppState {
                 lc.clone(),
                 local,
                 pool,
-                new.runtime.access_log,
+                access_log.clone(),
                 counters,
             ));
             control
@@ -457,6 +487,7 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
             config: config.clone(),
             loops: Vec::new(),
         }),
+        access_log: std::sync::OnceLock::new(),
         background: background.clone(),
         connections: TaskTracker::new(),
         stop_background: stop_background.clone(),
@@ -495,6 +526,7 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
 
     {
         let mut control = state.control.lock().await;
+        let access_log = state.access_log_for(&config).map_err(AppError::AccessLog)?;
         let pools = state.pools.load_full();
         let mut ctxs = Vec::with_capacity(sockets.len());
         for (lc, socket) in sockets {
@@ -508,7 +540,7 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
                 lc,
                 local,
                 pool,
-                config.runtime.access_log,
+                access_log.clone(),
                 Arc::new(ListenerCounters::default()),
             ));
             control
@@ -573,6 +605,15 @@ impl Running {
         s.stop_background.cancel();
         s.background.close();
         let _ = tokio::time::timeout(STOP_GRACE, s.background.wait()).await;
+        // Connections have ended, so their lines are queued: let the writer drain them.
+        if let Some(log) = s.access_log.get().cloned() {
+            let flushed = tokio::task::spawn_blocking(move || log.flush_and_stop(STOP_GRACE))
+                .await
+                .unwrap_or(false);
+            if !flushed {
+                tracing::warn!("access log sink is stuck: queued lines were lost");
+            }
+        }
         tracing::info!(drained, "stopped");
         drained
     }

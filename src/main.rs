@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use splicer::app;
 use splicer::config::{self, Config, LogFormat};
 use splicer::rig::{Rig, RigOptions};
+use splicer::status_cmd::{self, StatusCmdError};
 
 /// Exit code for usage and configuration errors.
 const EXIT_CONFIG: u8 = 2;
@@ -52,6 +53,12 @@ enum Command {
         /// Config file.
         #[arg(short, long)]
         config: Option<PathBuf>,
+    },
+    /// Table of pools and backends from a running instance's admin API (GET /status).
+    Status {
+        /// The instance's admin API: http://host:port or host:port.
+        #[arg(long, value_name = "URL", env = "SPLICER_ADMIN", default_value = status_cmd::DEFAULT_ADMIN)]
+        admin: String,
     },
     /// A simulated cluster on loopback with splicer in front, and what to try.
     Demo {
@@ -103,6 +110,7 @@ fn main() -> ExitCode {
     });
     match cli.command {
         Command::Check { config } => check(config_path(config)),
+        Command::Status { admin } => status(&admin),
         Command::Run { config } => {
             let path = config_path(config);
             let config = match config::load(&path) {
@@ -168,6 +176,33 @@ fn check(path: PathBuf) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn status(admin: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("splicer: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(status_cmd::fetch(admin, status_cmd::DEFAULT_TIMEOUT)) {
+        Ok(doc) => {
+            print!("{}", status_cmd::render(&doc));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // The message already names the cause in words; the source chain would repeat it.
+            eprintln!("splicer: {e}");
+            match e {
+                StatusCmdError::BadUrl { .. } => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::from(EXIT_RUNTIME),
+            }
         }
     }
 }

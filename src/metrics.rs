@@ -137,6 +137,12 @@ const CONFIG_RELOADS: Counters<1> = Counters {
     labels: ["result"],
 };
 
+const ACCESS_LOG_DROPPED: Counters<0> = Counters {
+    name: "splicer_access_log_dropped",
+    help: "Access-log lines dropped because the log sink could not keep up (connections never wait for the log).",
+    labels: [],
+};
+
 /// Every backend state, in the order `splicer_backend_state` lists them.
 const BACKEND_STATES: [BackendState; 4] = [
     BackendState::Up,
@@ -159,6 +165,7 @@ struct Scrape {
     pools: Vec<Arc<Pool>>,
     listeners: Vec<Arc<ListenerCtx>>,
     reloads: (u64, u64),
+    access_log_dropped: u64,
 }
 
 impl Scrape {
@@ -167,6 +174,7 @@ impl Scrape {
             pools: state.pools(),
             listeners: state.listeners(),
             reloads: state.reloads(),
+            access_log_dropped: state.access_log_dropped(),
         }
     }
 }
@@ -295,6 +303,7 @@ impl Collector for Scrape {
         POOL_SHARED_OUTAGE.encode(&mut enc, no_samples::<2, u64>())?;
         let (ok, failed) = self.reloads;
         CONFIG_RELOADS.encode(&mut enc, [(["ok"], ok), (["error"], failed)])?;
+        ACCESS_LOG_DROPPED.encode(&mut enc, [([], self.access_log_dropped)])?;
         Ok(())
     }
 }

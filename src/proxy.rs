@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::ListenerConfig;
 use crate::net::connect::{connect, ConnectFailure};
 use crate::net::listener::Accepted;
@@ -24,8 +25,10 @@ pub struct ListenerCtx {
     pub local_addr: SocketAddr,
     /// The default pool.
     pub pool: Arc<Pool>,
-    /// Write one log line per finished connection.
-    pub access_log: bool,
+    /// Where the one line per finished connection goes (possibly disabled).
+    pub access_log: AccessLog,
+    /// The listener's name, shared by every access-log record.
+    name: Arc<str>,
     counters: Arc<ListenerCounters>,
 }
 
@@ -42,10 +45,11 @@ impl ListenerCtx {
         config: ListenerConfig,
         local_addr: SocketAddr,
         pool: Arc<Pool>,
-        access_log: bool,
+        access_log: AccessLog,
         counters: Arc<ListenerCounters>,
     ) -> Self {
         ListenerCtx {
+            name: Arc::from(config.name.as_str()),
             config,
             local_addr,
             pool,
@@ -189,22 +193,20 @@ fn log_end(
     backend: Option<SocketAddr>,
     traffic: &Traffic,
     started: Instant,
-    end: &str,
+    end: &'static str,
 ) {
-    if !ctx.access_log {
+    if !ctx.access_log.is_enabled() {
         return;
     }
-    let backend = backend.map_or_else(|| "-".to_string(), |b| b.to_string());
-    tracing::info!(
-        target: "splicer::access",
-        listener = %ctx.config.name,
-        client = %client,
-        sni = "-",
-        pool = %ctx.pool.name,
-        backend = %backend,
-        to_backend = traffic.to_backend.load(Ordering::Relaxed),
-        to_client = traffic.to_client.load(Ordering::Relaxed),
-        duration_ms = started.elapsed().as_millis() as u64,
-        end = end,
-    );
+    ctx.access_log.record(AccessRecord {
+        listener: ctx.name.clone(),
+        client,
+        sni: None,
+        pool: ctx.pool.name.clone(),
+        backend,
+        to_backend: traffic.to_backend.load(Ordering::Relaxed),
+        to_client: traffic.to_client.load(Ordering::Relaxed),
+        duration: started.elapsed(),
+        end,
+    });
 }

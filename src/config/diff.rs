@@ -154,12 +154,10 @@ backends = ["127.0.0.2:443", "127.0.0.3:443"]
 
     #[test]
     fn listener_rebinds_are_remove_plus_add_and_settings_are_changes() {
-        let new = BASE
-            .replace("127.0.0.1:7002", "127.0.0.1:7003")
-            .replace(
-                "name = \"a\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"",
-                "name = \"a\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"\nmax_connections = 5",
-            );
+        let new = BASE.replace("127.0.0.1:7002", "127.0.0.1:7003").replace(
+            "name = \"a\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"",
+            "name = \"a\"\nbind = \"127.0.0.1:7001\"\npool = \"p\"\nmax_connections = 5",
+        );
         let d = diff(&cfg(BASE), &cfg(&new));
         assert_eq!(d.listeners_added, vec!["b"]);
         assert_eq!(d.listeners_removed, vec!["b"]);
@@ -181,7 +179,10 @@ backends = ["127.0.0.9:443"]
         assert_eq!(d.pools_added, vec!["q"]);
         assert_eq!(d.pools_removed, vec!["p"]);
         assert_eq!(d.backends_added, vec!["q/127.0.0.9:443"]);
-        assert_eq!(d.backends_removed, vec!["p/127.0.0.2:443", "p/127.0.0.3:443"]);
+        assert_eq!(
+            d.backends_removed,
+            vec!["p/127.0.0.2:443", "p/127.0.0.3:443"]
+        );
         assert_eq!(d.listeners_removed, vec!["b"]);
         assert_eq!(d.listeners_changed, vec!["a"]);
     }

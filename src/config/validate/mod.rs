@@ -20,8 +20,8 @@ use toml::Spanned;
 use super::error::{line_col, Location};
 use super::file::{AdminFile, FileConfig, ListenerFile, RuntimeFile};
 use super::{
-    parse_duration, AdminConfig, AdminToken, Config, ConfigError, ListenerConfig, LogFormat, Problem,
-    RuntimeConfig,
+    parse_duration, AdminConfig, AdminToken, Config, ConfigError, ListenerConfig, LogFormat,
+    Problem, RuntimeConfig,
 };
 
 /// Address of the admin API when `[admin]` is present without `bind`.
@@ -246,7 +246,10 @@ impl Checker<'_> {
             };
         };
         let addr = self.addr(bind).unwrap_or(DEFAULT_ADMIN_BIND);
-        let token_given = file.token_file.as_ref().is_some_and(|t| !t.get_ref().is_empty());
+        let token_given = file
+            .token_file
+            .as_ref()
+            .is_some_and(|t| !t.get_ref().is_empty());
         if !addr.ip().is_loopback() && !token_given {
             self.report_at(
                 bind,
