@@ -141,9 +141,15 @@ impl AppState {
                 .all(|p| p.has_live_backend())
     }
 
-    /// Pools now serving, then pools removed by reload that are still draining.
+    /// Pools now serving, then pools removed by reload that are still draining (a removed
+    /// pool whose last connection ended is left out at once, not only at the next reload).
     pub fn pools(&self) -> Vec<Arc<Pool>> {
-        self.pools.load().iter().cloned().collect()
+        self.pools
+            .load()
+            .iter()
+            .filter(|p| !p.is_finished())
+            .cloned()
+            .collect()
     }
 
     /// The pool named `name` (not a removed one).
@@ -202,6 +208,11 @@ impl AppState {
         let mut control = self.control.lock().await;
         let path = control.config.source.clone();
         let result = match config::load(&path) {
+            // During shutdown a reload could bind listeners that nothing would accept on.
+            _ if self.is_shutting_down() => Err(vec![format!(
+                "{}: not applied: shutting down",
+                path.display()
+            )]),
             Err(e) => Err(e.lines()),
             Ok(new) => self.apply(&mut control, new).await,
         };
@@ -231,6 +242,7 @@ impl AppState {
             tracing::warn!(setting, "this setting changes only at the next start");
         }
         let drain_timeout = new.runtime.drain_timeout;
+        let drain_timeout_changed = drain_timeout != control.config.runtime.drain_timeout;
 
         // Everything that can fail comes first, so a failure leaves the running config as it was.
         let mut fresh_sockets = Vec::new();
@@ -287,7 +299,9 @@ impl AppState {
                 .iter()
                 .find(|p| *p.name == *pc.name && !p.is_retired())
             {
-                if d.pools_changed.contains(&pc.name) {
+                // A new drain_timeout alone changes no pool setting, but the supervisor uses
+                // it for the next drain, so it must hear of it too.
+                if d.pools_changed.contains(&pc.name) || drain_timeout_changed {
                     p.reconfigure(pc.clone(), drain_timeout).await;
                 }
                 pools.push(p.clone());
@@ -334,12 +348,19 @@ impl AppState {
             else {
                 continue;
             };
+            let routes = route_pools(lc, &pools);
             let old_ctx = old_ctxs.iter().find(|c| c.config.name == lc.name);
             let fresh = fresh_sockets.iter().find(|(n, _)| n == &lc.name);
+            let pools_moved = old_ctx.is_some_and(|c| {
+                !Arc::ptr_eq(&c.pool, &pool)
+                    || c.routes.len() != routes.len()
+                    || c.routes
+                        .iter()
+                        .zip(&routes)
+                        .any(|((_, a), (_, b))| !Arc::ptr_eq(a, b))
+            });
             let restart = fresh.is_none()
-                && (d.listeners_changed.contains(&lc.name)
-                    || access_log_changed
-                    || old_ctx.is_some_and(|c| !Arc::ptr_eq(&c.pool, &pool)));
+                && (d.listeners_changed.contains(&lc.name) || access_log_changed || pools_moved);
             let socket = match fresh {
                 Some((_, s)) => s.clone(),
                 None => {
@@ -369,6 +390,7 @@ impl AppState {
                 lc.clone(),
                 local,
                 pool,
+                routes,
                 access_log.clone(),
                 counters,
             ));
@@ -415,6 +437,19 @@ impl AppState {
         });
         AcceptLoop { name, socket, stop }
     }
+}
+
+/// A listener's SNI routes with their pools (validation guarantees every route's pool exists).
+fn route_pools(lc: &ListenerConfig, pools: &[Arc<Pool>]) -> Vec<(String, Arc<Pool>)> {
+    lc.routes
+        .iter()
+        .filter_map(|r| {
+            pools
+                .iter()
+                .find(|p| *p.name == *r.pool && !p.is_retired())
+                .map(|p| (r.sni.clone(), p.clone()))
+        })
+        .collect()
 }
 
 /// An error and its causes on one line, for messages that outlive the error value.
@@ -536,10 +571,12 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
                 continue;
             };
             let local = socket.local_addr().unwrap_or(lc.bind);
+            let routes = route_pools(&lc, &pools);
             let ctx = Arc::new(ListenerCtx::new(
                 lc,
                 local,
                 pool,
+                routes,
                 access_log.clone(),
                 Arc::new(ListenerCounters::default()),
             ));
@@ -587,6 +624,9 @@ impl Running {
         let s = &self.state;
         s.shutting_down.store(true, Ordering::Release);
         s.stop_accepting.cancel();
+        // Close the listening sockets (each ends with the last of these and its loop's clone),
+        // so new clients are refused instead of queueing in a backlog nobody accepts from.
+        drop(std::mem::take(&mut s.control.lock().await.loops));
         s.connections.close();
         let drain_timeout = **s.drain_timeout.load();
         tracing::info!(open_connections = s.connections.len(), drain_timeout = ?drain_timeout,

@@ -113,14 +113,18 @@ fn main() -> ExitCode {
         Command::Status { admin } => status(&admin),
         Command::Run { config } => {
             let path = config_path(config);
-            let config = match config::load(&path) {
+            let mut config = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_logging(format_override.unwrap_or(config.runtime.log_format));
+            // The flag stands for `runtime.log_format`, so the access log follows it too.
+            if let Some(format) = format_override {
+                config.runtime.log_format = format;
+            }
+            init_logging(config.runtime.log_format);
             let workers = config.runtime.workers;
             exit_from(runtime(workers).and_then(|rt| rt.block_on(run(config))))
         }

@@ -260,8 +260,24 @@ impl Collector for Scrape {
                 ]
             }),
         )?;
-        // No source yet: per-service results of the backend's health check.
-        BACKEND_SERVICE_UP.encode(&mut enc, no_samples::<3, u64>())?;
+        // Per-service results, for pools with shared_dependencies (whose bodies are read).
+        let services: Vec<(&BackendRow, String, bool)> = backends
+            .iter()
+            .flat_map(|r| {
+                let services = r
+                    .backend
+                    .last_check()
+                    .and_then(|c| c.services)
+                    .unwrap_or_default();
+                services.into_iter().map(move |(name, up)| (r, name, up))
+            })
+            .collect();
+        BACKEND_SERVICE_UP.encode(
+            &mut enc,
+            services
+                .iter()
+                .map(|(r, name, up)| (r.labels_and(name), u64::from(*up))),
+        )?;
         HEALTH_CHECKS.encode(
             &mut enc,
             backends.iter().flat_map(|r| {
@@ -297,10 +313,35 @@ impl Collector for Scrape {
                 .iter()
                 .map(|p| ([&*p.name], u64::from(p.is_failing_open()))),
         )?;
-        // No source yet: the pool's cluster-wide health check.
-        CLUSTER_HEALTH_UP.encode(&mut enc, no_samples::<1, u64>())?;
-        // No source yet: the pool's shared-dependency outage detection.
-        POOL_SHARED_OUTAGE.encode(&mut enc, no_samples::<2, u64>())?;
+        let cluster: Vec<(&Arc<Pool>, bool)> = self
+            .pools
+            .iter()
+            .filter_map(|p| p.cluster_health().map(|c| (p, c.ok)))
+            .collect();
+        CLUSTER_HEALTH_UP.encode(
+            &mut enc,
+            cluster.iter().map(|(p, ok)| ([&*p.name], u64::from(*ok))),
+        )?;
+        // 0 or 1 for every service in shared_dependencies.
+        let outages: Vec<(&Arc<Pool>, String, bool)> = self
+            .pools
+            .iter()
+            .flat_map(|p| {
+                let now = p.shared_outage();
+                p.config()
+                    .health
+                    .shared_dependencies
+                    .iter()
+                    .map(|s| (p, s.clone(), now.contains(s)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        POOL_SHARED_OUTAGE.encode(
+            &mut enc,
+            outages
+                .iter()
+                .map(|(p, s, on)| ([&*p.name, s.as_str()], u64::from(*on))),
+        )?;
         let (ok, failed) = self.reloads;
         CONFIG_RELOADS.encode(&mut enc, [(["ok"], ok), (["error"], failed)])?;
         ACCESS_LOG_DROPPED.encode(&mut enc, [([], self.access_log_dropped)])?;
@@ -308,6 +349,7 @@ impl Collector for Scrape {
     }
 }
 
+#[cfg(test)]
 /// Samples for a family that has no source yet: its HELP and TYPE lines still print.
 fn no_samples<'a, const N: usize, V>() -> std::iter::Empty<([&'a str; N], V)> {
     std::iter::empty()

@@ -1,19 +1,23 @@
-//! One client connection's life: pick a backend from the live set → connect (retrying other
-//! backends) → pump bytes both ways → one access-log line. Runs as its own task.
+//! One client connection's life: [read the PROXY header] → [peek the ClientHello's SNI and
+//! pick the route's pool] → pick a backend from the live set → connect (retrying other
+//! backends) → [write our PROXY header] → replay what was read → pump bytes both ways → one
+//! access-log line. Runs as its own task.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, SendProxy};
 use crate::net::connect::{connect, ConnectFailure};
 use crate::net::listener::Accepted;
 use crate::net::pump::{self, End, Traffic};
+use crate::net::{client_hello, proxy_protocol};
 use crate::pool::{Backend, Lease, Pool};
 
 /// What a listener's connections share: its settings, its pool and its counters.
@@ -25,6 +29,8 @@ pub struct ListenerCtx {
     pub local_addr: SocketAddr,
     /// The default pool.
     pub pool: Arc<Pool>,
+    /// SNI routes: (lowercased exact name or `*.suffix`, pool), in config order.
+    pub routes: Vec<(String, Arc<Pool>)>,
     /// Where the one line per finished connection goes (possibly disabled).
     pub access_log: AccessLog,
     /// The listener's name, shared by every access-log record.
@@ -45,6 +51,7 @@ impl ListenerCtx {
         config: ListenerConfig,
         local_addr: SocketAddr,
         pool: Arc<Pool>,
+        routes: Vec<(String, Arc<Pool>)>,
         access_log: AccessLog,
         counters: Arc<ListenerCounters>,
     ) -> Self {
@@ -53,6 +60,7 @@ impl ListenerCtx {
             config,
             local_addr,
             pool,
+            routes,
             access_log,
             counters,
         }
@@ -121,10 +129,143 @@ async fn connect_with_retries(
     })
 }
 
+/// Why the client's opening bytes were refused before any backend was involved.
+enum Refused {
+    /// Nothing (or not enough) arrived within `client_hello_timeout`.
+    Timeout,
+    /// The PROXY header was malformed.
+    BadProxyHeader,
+    /// The client closed or reset before sending what was needed.
+    Gone,
+}
+
+impl Refused {
+    /// Access-log `end` values (extensions of the documented set).
+    fn as_str(&self) -> &'static str {
+        match self {
+            Refused::Timeout => "client_timeout",
+            Refused::BadProxyHeader => "bad_proxy_header",
+            Refused::Gone => "client_closed",
+        }
+    }
+}
+
+/// What was learned from the client before connecting anywhere.
+struct Opening {
+    /// The client as the access log, `client_hash` and our PROXY header see it.
+    client: SocketAddr,
+    /// The address the client connected to (from the PROXY header, else our listener).
+    destination: SocketAddr,
+    /// SNI from the ClientHello, when routes exist and one was sent.
+    sni: Option<Arc<str>>,
+    /// Bytes read from the client that the backend must still receive.
+    replay: Vec<u8>,
+}
+
+/// Reads whatever the listener needs before choosing a backend: the PROXY header
+/// (`accept_proxy`) and, when routes exist, the ClientHello. Bounded by `client_hello_timeout`.
+async fn read_opening(
+    ctx: &ListenerCtx,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<Opening, Refused> {
+    let mut opening = Opening {
+        client: peer,
+        destination: ctx.local_addr,
+        sni: None,
+        replay: Vec::new(),
+    };
+    let wants_sni = !ctx.routes.is_empty();
+    if !ctx.config.accept_proxy && !wants_sni {
+        return Ok(opening);
+    }
+    let deadline = tokio::time::Instant::now() + ctx.config.client_hello_timeout;
+    let mut buf: Vec<u8> = Vec::new();
+    if ctx.config.accept_proxy {
+        loop {
+            match proxy_protocol::parse(&buf) {
+                Ok(proxy_protocol::Parsed::Done { header, consumed }) => {
+                    if let proxy_protocol::ProxyHeader::Tcp { src, dst } = header {
+                        opening.client = src;
+                        opening.destination = dst;
+                    }
+                    buf.drain(..consumed);
+                    break;
+                }
+                Ok(proxy_protocol::Parsed::NeedMore) => {
+                    read_more(client, &mut buf, deadline).await?
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %ctx.config.name, client = %peer, error = %e, "bad PROXY header");
+                    return Err(Refused::BadProxyHeader);
+                }
+            }
+        }
+    }
+    if wants_sni {
+        loop {
+            match client_hello::peek(&buf) {
+                Ok(client_hello::Peek::NeedMore) => {
+                    // A client that closes before finishing its hello still gets the default
+                    // pool for what it did send; one that sends nothing is just closed.
+                    match read_more(client, &mut buf, deadline).await {
+                        Ok(()) => {}
+                        Err(Refused::Gone) if !buf.is_empty() => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(client_hello::Peek::Done(info)) => {
+                    opening.sni = info.sni.map(Arc::from);
+                    break;
+                }
+                Ok(client_hello::Peek::NotTls | client_hello::Peek::NoSni) => break,
+                Err(e) => {
+                    // A broken hello goes to the default pool; the backend's TLS rejects it.
+                    tracing::debug!(listener = %ctx.config.name, client = %peer, error = %e, "unparseable ClientHello");
+                    break;
+                }
+            }
+        }
+    }
+    opening.replay = buf;
+    Ok(opening)
+}
+
+/// Appends what the client sends next to `buf`, by `deadline`.
+async fn read_more(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+) -> Result<(), Refused> {
+    let mut chunk = [0u8; 4096];
+    match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
+        Err(_) => Err(Refused::Timeout),
+        Ok(Ok(0)) | Ok(Err(_)) => Err(Refused::Gone),
+        Ok(Ok(n)) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+    }
+}
+
+/// The PROXY header for the backend, describing the client's connection.
+fn proxy_header_for(version: SendProxy, opening: &Opening) -> Option<Vec<u8>> {
+    let version = match version {
+        SendProxy::Off => return None,
+        SendProxy::V1 => proxy_protocol::Version::V1,
+        SendProxy::V2 => proxy_protocol::Version::V2,
+    };
+    let header = proxy_protocol::ProxyHeader::Tcp {
+        src: opening.client,
+        dst: opening.destination,
+    };
+    Some(proxy_protocol::encode(version, &header))
+}
+
 /// Serves one accepted client to completion. `stop` cuts the transfer short (end=shutdown).
 pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: CancellationToken) {
     let Accepted {
-        stream: client,
+        stream: mut client,
         peer,
         permit: _permit,
     } = accepted;
@@ -132,38 +273,71 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(&ctx.counters.active);
     let started = Instant::now();
-    let pool = &ctx.pool;
+    let mut log = LogFields {
+        client: peer,
+        sni: None,
+        pool: ctx.pool.clone(),
+        backend: None,
+    };
 
-    let connected = tokio::select! {
-        r = connect_with_retries(pool, peer) => r,
-        _ = stop.cancelled() => {
-            log_end(&ctx, peer, None, &Traffic::default(), started, End::Shutdown.as_str());
+    let opening = tokio::select! {
+        r = read_opening(&ctx, &mut client, peer) => r,
+        _ = stop.cancelled() => Err(Refused::Gone),
+    };
+    let opening = match opening {
+        Ok(o) => o,
+        Err(refused) => {
+            log_end(&ctx, &log, &Traffic::default(), started, refused.as_str());
             return;
         }
     };
-    let (backend_stream, lease) = match connected {
+    log.client = opening.client;
+    log.sni = opening.sni.clone();
+    if let Some(sni) = opening.sni.as_deref() {
+        if let Some(pool) = client_hello::route(sni, &ctx.routes) {
+            log.pool = pool.clone();
+        }
+    }
+    let pool = log.pool.clone();
+
+    let connected = tokio::select! {
+        r = connect_with_retries(&pool, opening.client) => r,
+        _ = stop.cancelled() => {
+            log_end(&ctx, &log, &Traffic::default(), started, End::Shutdown.as_str());
+            return;
+        }
+    };
+    let (mut backend_stream, lease) = match connected {
         Ok(c) => c,
         Err(NoConnection::NoBackend) => {
-            log_end(&ctx, peer, None, &Traffic::default(), started, "no_backend");
+            log_end(&ctx, &log, &Traffic::default(), started, "no_backend");
             return;
         }
         Err(NoConnection::ConnectFailed(f)) => {
             tracing::debug!(listener = %ctx.config.name, client = %peer, reason = f.as_str(), "every connect attempt failed");
-            log_end(
-                &ctx,
-                peer,
-                None,
-                &Traffic::default(),
-                started,
-                "connect_failed",
-            );
+            log_end(&ctx, &log, &Traffic::default(), started, "connect_failed");
             return;
         }
     };
-
     let backend: &Backend = lease.backend();
-    let cut = backend.cut_token();
+    log.backend = Some(backend.address);
     let traffic = Traffic::default();
+
+    // Our PROXY header first, then the bytes the client already sent, then the live stream.
+    let header = proxy_header_for(pool.config().send_proxy, &opening);
+    let mut preamble = header.unwrap_or_default();
+    preamble.extend_from_slice(&opening.replay);
+    if !preamble.is_empty() {
+        if backend_stream.write_all(&preamble).await.is_err() {
+            log_end(&ctx, &log, &traffic, started, End::BackendReset.as_str());
+            return;
+        }
+        let n = opening.replay.len() as u64;
+        traffic.to_backend.fetch_add(n, Ordering::Relaxed);
+        backend.add_bytes_to_backend(n);
+    }
+
+    let cut = backend.cut_token();
     let end = pump::run(
         &client,
         &backend_stream,
@@ -177,20 +351,20 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         &|n| backend.add_bytes_to_client(n),
     )
     .await;
-    log_end(
-        &ctx,
-        peer,
-        Some(backend.address),
-        &traffic,
-        started,
-        end.as_str(),
-    );
+    log_end(&ctx, &log, &traffic, started, end.as_str());
+}
+
+/// What the access log says about a connection besides its bytes and end.
+struct LogFields {
+    client: SocketAddr,
+    sni: Option<Arc<str>>,
+    pool: Arc<Pool>,
+    backend: Option<SocketAddr>,
 }
 
 fn log_end(
     ctx: &ListenerCtx,
-    client: SocketAddr,
-    backend: Option<SocketAddr>,
+    fields: &LogFields,
     traffic: &Traffic,
     started: Instant,
     end: &'static str,
@@ -200,10 +374,10 @@ fn log_end(
     }
     ctx.access_log.record(AccessRecord {
         listener: ctx.name.clone(),
-        client,
-        sni: None,
-        pool: ctx.pool.name.clone(),
-        backend,
+        client: fields.client,
+        sni: fields.sni.clone(),
+        pool: fields.pool.name.clone(),
+        backend: fields.backend,
         to_backend: traffic.to_backend.load(Ordering::Relaxed),
         to_client: traffic.to_client.load(Ordering::Relaxed),
         duration: started.elapsed(),

@@ -41,21 +41,33 @@ fn pool(p: &Pool) -> Value {
         "name": &*p.name,
         "balance": p.config().balance.as_str(),
         "fail_open": p.is_failing_open(),
-        "cluster_health": Value::Null,
-        "shared_outage": [],
+        "cluster_health": p.cluster_health().map_or(Value::Null, |c| json!({
+            "ok": c.ok,
+            "status": c.status,
+            "checked_at": timestamp(c.checked_at),
+            "backend": c.backend.map(|b| b.to_string()),
+            "error": c.error,
+        })),
+        "shared_outage": &*p.shared_outage(),
         "backends": backends,
     })
 }
 
 fn backend(b: &Backend) -> Value {
     let last_check = match b.last_check() {
-        Some(c) => json!({
-            "ok": c.ok,
-            "status": c.status,
-            "latency_ms": (c.latency.as_secs_f64() * 10_000.0).round() / 10.0,
-            "error": c.error,
-            "at": timestamp(c.at),
-        }),
+        Some(c) => {
+            let mut v = json!({
+                "ok": c.ok,
+                "status": c.status,
+                "latency_ms": (c.latency.as_secs_f64() * 10_000.0).round() / 10.0,
+                "error": c.error,
+                "at": timestamp(c.at),
+            });
+            if let (Some(services), Some(obj)) = (c.services, v.as_object_mut()) {
+                obj.insert("services".into(), json!(services));
+            }
+            v
+        }
         None => Value::Null,
     };
     json!({

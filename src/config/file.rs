@@ -69,6 +69,21 @@ pub struct ListenerFile {
     pub client_hello_timeout: Option<Spanned<String>>,
     /// listen(2) backlog.
     pub backlog: Option<Spanned<i64>>,
+    /// Expect a PROXY v1/v2 header from an upstream balancer.
+    pub accept_proxy: Option<Spanned<bool>>,
+    /// `[[listener.route]]` tables.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RouteFile>>,
+}
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Exact name or `*.example.com`.
+    pub sni: Option<Spanned<String>>,
+    /// Pool for connections whose SNI matches.
+    pub pool: Option<Spanned<String>>,
 }
 
 /// One `[[pool]]`.
@@ -79,8 +94,14 @@ pub struct PoolFile {
     pub name: Option<Spanned<String>>,
     /// Balancing algorithm spelling.
     pub balance: Option<Spanned<String>>,
-    /// Required static members.
+    /// Static members (or `discover`).
     pub backends: Option<Spanned<Vec<Spanned<BackendEntry>>>>,
+    /// DNS discovery of members (or `backends`).
+    pub discover: Option<Spanned<DiscoverFile>>,
+    /// `off`, `v1` or `v2`.
+    pub send_proxy: Option<Spanned<String>>,
+    /// Duration string; `"0s"` = off.
+    pub slow_start: Option<Spanned<String>>,
     /// Duration string.
     pub connect_timeout: Option<Spanned<String>>,
     /// Further backends tried after a failed connect.
@@ -91,6 +112,30 @@ pub struct PoolFile {
     pub passive_fall: Option<Spanned<i64>>,
     /// `[pool.health]`.
     pub health: Option<Spanned<HealthFile>>,
+    /// `[pool.cluster_health]`.
+    pub cluster_health: Option<Spanned<ClusterHealthFile>>,
+}
+
+/// `discover = { dns = "...", port = 443, every = "10s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverFile {
+    /// Name whose A/AAAA records are the members.
+    pub dns: Option<Spanned<String>>,
+    /// Port of every discovered member.
+    pub port: Option<Spanned<i64>>,
+    /// Duration string: how often to re-resolve.
+    pub every: Option<Spanned<String>>,
+}
+
+/// `[pool.cluster_health]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterHealthFile {
+    /// Request path.
+    pub path: Option<Spanned<String>>,
+    /// Duration string.
+    pub interval: Option<Spanned<String>>,
 }
 
 /// `[pool.health]`.
@@ -119,6 +164,8 @@ pub struct HealthFile {
     pub tls_verify: Option<Spanned<bool>>,
     /// PEM bundle path; empty = system roots.
     pub ca_file: Option<Spanned<String>>,
+    /// Services every backend shares (Quay: database, auth...).
+    pub shared_dependencies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `backends` entry: `"ip:port"` or `{ address = "ip:port", weight = N }`.
@@ -160,21 +207,30 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "idle_timeout",
             "client_hello_timeout",
             "backlog",
+            "accept_proxy",
+            "route",
         ],
     ),
+    ("[[listener.route]]", &["sni", "pool"]),
     (
         "[[pool]]",
         &[
             "name",
             "balance",
             "backends",
+            "discover",
+            "send_proxy",
+            "slow_start",
             "connect_timeout",
             "retries",
             "fail_open",
             "passive_fall",
             "health",
+            "cluster_health",
         ],
     ),
+    ("discover", &["dns", "port", "every"]),
+    ("[pool.cluster_health]", &["path", "interval"]),
     (
         "[pool.health]",
         &[
@@ -189,6 +245,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "host",
             "tls_verify",
             "ca_file",
+            "shared_dependencies",
         ],
     ),
     ("a backend entry", &["address", "weight"]),

@@ -233,6 +233,62 @@ pub struct ListenerConfig {
     pub client_hello_timeout: Duration,
     /// listen(2) backlog.
     pub backlog: u32,
+    /// Expect a PROXY v1/v2 header first; its source address is then the client.
+    pub accept_proxy: bool,
+    /// SNI routes, in file order (exact names win over wildcards at match time).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One `[[listener.route]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// Lowercased exact name, or `*.suffix` for one label.
+    pub sni: String,
+    /// Pool for matching connections (exists in `Config::pools`).
+    pub pool: String,
+}
+
+/// PROXY protocol header written to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendProxy {
+    /// None.
+    #[default]
+    Off,
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+impl SendProxy {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendProxy::Off => "off",
+            SendProxy::V1 => "v1",
+            SendProxy::V2 => "v2",
+        }
+    }
+}
+
+/// `discover = { dns, port, every }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverConfig {
+    /// Name whose A/AAAA records are the members.
+    pub dns: String,
+    /// Port of every member.
+    pub port: u16,
+    /// Re-resolution period.
+    pub every: Duration,
+}
+
+/// `[pool.cluster_health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHealthConfig {
+    /// Request path (default `/health/endtoend`).
+    pub path: String,
+    /// Probe period (default 10s).
+    pub interval: Duration,
 }
 
 /// Balancing algorithm of a pool.
@@ -277,8 +333,14 @@ pub struct PoolConfig {
     pub name: String,
     /// Balancing algorithm.
     pub balance: BalanceKind,
-    /// Members, in file order, addresses unique within the pool.
+    /// Static members, in file order, addresses unique within the pool (empty with `discover`).
     pub backends: Vec<BackendConfig>,
+    /// DNS discovery instead of static members.
+    pub discover: Option<DiscoverConfig>,
+    /// PROXY header written to backends (and to health checks).
+    pub send_proxy: SendProxy,
+    /// Ramp-up time of a backend that comes up; `None` = off.
+    pub slow_start: Option<Duration>,
     /// Time allowed for one backend connect.
     pub connect_timeout: Duration,
     /// Further backends tried after a failed connect.
@@ -289,6 +351,8 @@ pub struct PoolConfig {
     pub passive_fall: u32,
     /// Active health checking.
     pub health: HealthConfig,
+    /// Cluster-wide probe, reported only.
+    pub cluster_health: Option<ClusterHealthConfig>,
 }
 
 /// Kind of active health check.
@@ -383,6 +447,8 @@ pub struct HealthConfig {
     pub tls_verify: bool,
     /// CA bundle for verification (PEM); `None` = system roots. Resolved relative to the config file.
     pub ca_file: Option<PathBuf>,
+    /// Services every backend shares: their failure alone, across the pool, ejects no one.
+    pub shared_dependencies: Vec<String>,
 }
 
 impl Default for HealthConfig {
@@ -399,6 +465,7 @@ impl Default for HealthConfig {
             host: None,
             tls_verify: false,
             ca_file: None,
+            shared_dependencies: Vec::new(),
         }
     }
 }

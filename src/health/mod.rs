@@ -1,7 +1,9 @@
 //! Active health checking: one task per backend runs [`probe::Prober`] every interval (with
 //! jitter) and reports each outcome to its pool's supervisor, which alone decides state.
 
+pub mod cluster;
 pub mod probe;
+pub mod quay;
 pub mod state;
 
 use std::net::SocketAddr;

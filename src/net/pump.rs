@@ -82,16 +82,52 @@ impl Activity {
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
-    async fn idle_for(&self, limit: Duration) {
+    /// Resolves once no byte has moved for `limit`. Bytes the kernel still holds for a peer
+    /// count too: a slow reader drains our send queue while our write waits for room (which
+    /// comes only once about half the queue, megabytes, has gone), so reads and writes alone
+    /// would call a steady slow download idle. The queues are sampled every quarter of `limit`
+    /// while they hold bytes; any change counts as movement, so the close is never early and
+    /// at most a quarter of `limit` late.
+    async fn idle_for(&self, limit: Duration, sockets: [&TcpStream; 2]) {
+        let mut queued = sockets.map(unacked_bytes);
         loop {
+            let now_queued = sockets.map(unacked_bytes);
+            if now_queued != queued {
+                queued = now_queued;
+                self.touch();
+            }
             let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let deadline = last + limit;
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return;
             }
-            tokio::time::sleep_until(deadline).await;
+            let in_flight = queued.iter().any(|q| q.is_some_and(|n| n > 0));
+            let wake = if in_flight {
+                deadline.min(now + limit / 4)
+            } else {
+                deadline
+            };
+            tokio::time::sleep_until(wake).await;
         }
     }
+}
+
+/// Bytes written to `stream` and not yet acknowledged by its peer (Linux `SIOCOUTQ`), or
+/// `None` where that cannot be known.
+#[cfg(target_os = "linux")]
+fn unacked_bytes(stream: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: the descriptor stays open while `stream` is borrowed, and TIOCOUTQ (SIOCOUTQ on
+    // a TCP socket) writes exactly one c_int through the pointer.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    (rc == 0).then(|| u32::try_from(queued).unwrap_or(0))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacked_bytes(_: &TcpStream) -> Option<u32> {
+    None
 }
 
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
@@ -185,7 +221,7 @@ pub async fn run(
     let downstream = copy_direction(backend, client, &traffic.to_client, on_to_client, activity);
     let idle = async {
         match (idle_timeout, activity) {
-            (Some(limit), Some(a)) => a.idle_for(limit).await,
+            (Some(limit), Some(a)) => a.idle_for(limit, [client, backend]).await,
             _ => pending().await,
         }
     };

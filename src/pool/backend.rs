@@ -110,6 +110,8 @@ pub struct CheckRecord {
     pub error: Option<String>,
     /// When it finished.
     pub at: SystemTime,
+    /// Services the health body reported (pools with `shared_dependencies` only).
+    pub services: Option<crate::health::quay::Services>,
 }
 
 /// One member of a pool.

@@ -28,10 +28,24 @@ pub struct LiveSet {
 }
 
 impl LiveSet {
-    /// A snapshot over `members` with the weights given (the effective ones, e.g. during slow
-    /// start), under `config`.
+    /// A snapshot over `members` with their configured weights, under `config`.
     pub fn new(config: Arc<PoolConfig>, members: Vec<Arc<Backend>>, fail_open: bool) -> Self {
         let weights: Vec<u32> = members.iter().map(|b| b.weight().max(1)).collect();
+        LiveSet::with_weights(config, members, weights, fail_open)
+    }
+
+    /// A snapshot over `members` with the given weights (one per member; e.g. during slow start).
+    pub fn with_weights(
+        config: Arc<PoolConfig>,
+        members: Vec<Arc<Backend>>,
+        weights: Vec<u32>,
+        fail_open: bool,
+    ) -> Self {
+        let weights: Vec<u32> = if weights.len() == members.len() {
+            weights.into_iter().map(|w| w.max(1)).collect()
+        } else {
+            members.iter().map(|b| b.weight().max(1)).collect()
+        };
         let rr_order = smooth_weighted_order(&weights);
         let mut sum = 0u64;
         let cumulative_weight: Vec<u64> = weights

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::balance;
 use crate::config::PoolConfig;
+use crate::health::cluster::ClusterHealth;
 use crate::net::connect::ConnectFailure;
 
 pub use backend::{
@@ -114,6 +115,8 @@ pub struct Pool {
     fail_open: AtomicBool,
     retired: AtomicBool,
     finished: AtomicBool,
+    shared_outage: ArcSwap<Vec<String>>,
+    cluster_health: ArcSwap<Option<ClusterHealth>>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -136,6 +139,21 @@ impl Pool {
     /// Whether the pool is failing open (no backend up, spreading over down ones).
     pub fn is_failing_open(&self) -> bool {
         self.fail_open.load(Ordering::Relaxed)
+    }
+
+    /// Shared services now in outage across the pool (backends failing only on them stay up).
+    pub fn shared_outage(&self) -> Arc<Vec<String>> {
+        self.shared_outage.load_full()
+    }
+
+    /// The latest `[pool.cluster_health]` result, if the pool has one.
+    pub fn cluster_health(&self) -> Option<ClusterHealth> {
+        (*self.cluster_health.load_full()).clone()
+    }
+
+    /// Only the cluster-health task records results.
+    pub(crate) fn set_cluster_health(&self, result: ClusterHealth) {
+        self.cluster_health.store(Arc::new(Some(result)));
     }
 
     /// Whether a reload removed this pool (it drains, then disappears).

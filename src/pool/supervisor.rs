@@ -19,12 +19,21 @@ use super::{
 };
 use crate::config::{CheckKind, PoolConfig};
 use crate::health::probe::{ProbeSetupError, Prober};
+use crate::health::quay::{self, Services};
 use crate::health::state::{HealthState, Transition};
 use crate::health::{run_checks, CheckReport};
 
 /// How often draining backends are looked at (deadline passed? last connection gone?). Short
 /// enough that a removed backend leaves `/status` promptly; the tick runs only while draining.
 const DRAIN_TICK: Duration = Duration::from_millis(200);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// A started pool.
 pub struct Started {
@@ -51,6 +60,10 @@ struct Slot {
     /// Stops this backend's check task.
     checks: Option<CancellationToken>,
     initial_pending: bool,
+    /// Services its latest check reported (pools with `shared_dependencies`).
+    services: Option<Services>,
+    /// When it last came up, while its slow start lasts.
+    ramp_from: Option<Instant>,
 }
 
 impl Slot {
@@ -72,7 +85,34 @@ fn new_prober(config: &PoolConfig) -> Result<Option<Arc<Prober>>, ProbeSetupErro
     if config.health.check == CheckKind::None {
         return Ok(None);
     }
-    Ok(Some(Arc::new(Prober::new(&config.health)?)))
+    Ok(Some(Arc::new(Prober::with_send_proxy(
+        &config.health,
+        config.send_proxy,
+    )?)))
+}
+
+/// Weights in a live set are scaled by this, so slow start can give a backend about a tenth of
+/// its share even at weight 1.
+const WEIGHT_SCALE: u32 = 10;
+
+/// A backend's weight in the live set: full, or during slow start a share growing linearly from
+/// a tenth to all of it.
+fn effective_weight(slot: &Slot, slow_start: Option<Duration>, now: Instant) -> u32 {
+    let full = slot.backend.weight().max(1) * WEIGHT_SCALE;
+    match (slot.ramp_from, slow_start) {
+        (Some(from), Some(ramp)) if !ramp.is_zero() => {
+            let progress = (now.duration_since(from).as_secs_f64() / ramp.as_secs_f64()).min(1.0);
+            let share = 0.1 + 0.9 * progress;
+            ((f64::from(full) * share).round() as u32).clamp(1, full)
+        }
+        _ => full,
+    }
+}
+
+/// How often a ramping backend's weight is republished: twenty steps per ramp, but never more
+/// often than every 50 ms nor less than every second.
+fn ramp_step(ramp: Duration) -> Duration {
+    (ramp / 20).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// Builds the pool and spawns its supervisor (and one check task per backend) on `tasks`; all
@@ -96,6 +136,8 @@ pub fn start(
         fail_open: Default::default(),
         retired: Default::default(),
         finished: Default::default(),
+        shared_outage: Default::default(),
+        cluster_health: Default::default(),
         commands: commands_tx,
     });
     let (reports_tx, reports_rx) = mpsc::channel(config.backends.len().max(1) * 2);
@@ -112,7 +154,9 @@ pub fn start(
         initial_done: Some(initial_tx),
         refusing: false,
         retired: false,
+        cluster: None,
     };
+    supervisor.start_cluster_health();
     for b in &config.backends {
         supervisor.add_slot(b.address, b.weight, initial);
     }
@@ -141,6 +185,8 @@ struct Supervisor {
     /// Whether the pool is closing new connections for want of a backend (logged on change).
     refusing: bool,
     retired: bool,
+    /// Stops the `[pool.cluster_health]` task.
+    cluster: Option<CancellationToken>,
 }
 
 impl Supervisor {
@@ -160,6 +206,10 @@ impl Supervisor {
                 .slots
                 .iter()
                 .any(|s| matches!(s.admin, AdminState::Draining { .. }));
+            // The tick alone would cut up to DRAIN_TICK late; wake at the deadline itself.
+            let cut_due = self.next_cut_deadline();
+            let ramping = self.slots.iter().any(|s| s.ramp_from.is_some());
+            let ramp_tick = ramp_step(self.config.slow_start.unwrap_or_default());
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = &mut initial_timer, if self.initial_done.is_some() => {
@@ -168,6 +218,8 @@ impl Supervisor {
                 Some(report) = reports.recv() => self.on_report(report),
                 Some(command) = commands.recv() => self.on_command(command),
                 _ = tick.tick(), if draining => self.on_drain_tick(),
+                _ = sleep_until_some(cut_due), if cut_due.is_some() => self.on_drain_tick(),
+                _ = tokio::time::sleep(ramp_tick), if ramping => self.publish(),
             }
             if self.retired && self.slots.is_empty() {
                 tracing::info!(pool = %self.pool.name, "removed pool drained: stopped");
@@ -198,6 +250,8 @@ impl Supervisor {
             removed: false,
             checks: None,
             initial_pending: checked && initial,
+            services: None,
+            ramp_from: None,
         });
         let i = self.slots.len() - 1;
         self.start_checks(i, initial);
@@ -229,6 +283,40 @@ impl Supervisor {
         slot.checks = Some(token);
     }
 
+    /// (Re)starts the cluster-wide probe when the pool has `[pool.cluster_health]`.
+    fn start_cluster_health(&mut self) {
+        if let Some(token) = self.cluster.take() {
+            token.cancel();
+        }
+        let Some(cluster) = self.config.cluster_health.clone() else {
+            return;
+        };
+        let mut health = self.config.health.clone();
+        health.path = cluster.path.clone();
+        // The cluster probe speaks HTTP even when backends are checked with a bare connect.
+        if matches!(health.check, CheckKind::Tcp | CheckKind::None) {
+            health.check = CheckKind::Https;
+        }
+        // One probe must end before the next begins.
+        health.timeout = health.timeout.min(cluster.interval);
+        match Prober::with_send_proxy(&health, self.config.send_proxy) {
+            Ok(prober) => {
+                let token = self.stop.child_token();
+                self.tasks.spawn(crate::health::cluster::run(
+                    self.pool.clone(),
+                    prober,
+                    health.port,
+                    cluster.interval,
+                    token.clone(),
+                ));
+                self.cluster = Some(token);
+            }
+            Err(e) => {
+                tracing::error!(pool = %self.pool.name, error = %e, "cannot set up the cluster health probe");
+            }
+        }
+    }
+
     fn stop_checks(&mut self, i: usize) {
         if let Some(token) = self.slots[i].checks.take() {
             token.cancel();
@@ -251,6 +339,12 @@ impl Supervisor {
                 .map_or_else(|| "connected".to_string(), |s| format!("status {s}")),
             Err(e) => e.to_string(),
         };
+        let shared = !self.config.health.shared_dependencies.is_empty();
+        let services = if shared {
+            quay::parse_services(&outcome.body)
+        } else {
+            None
+        };
         let slot = &mut self.slots[i];
         slot.backend.record_check(pass, outcome.latency);
         slot.backend.set_last_check(CheckRecord {
@@ -259,8 +353,26 @@ impl Supervisor {
             latency: outcome.latency,
             error: outcome.result.as_ref().err().map(|e| e.to_string()),
             at: SystemTime::now(),
+            services: services.clone(),
         });
-        let transition = if report.initial && slot.initial_pending {
+        slot.services = services;
+        let outage = if shared {
+            self.update_shared_outage()
+        } else {
+            Vec::new()
+        };
+        let slot = &mut self.slots[i];
+        // A failure that is only a shared outage neither ejects an up backend nor counts
+        // toward bringing back a down one.
+        let forgiven = !pass && quay::shared_failure(slot.services.as_ref(), &outage);
+        let transition = if forgiven {
+            if report.initial && slot.initial_pending {
+                slot.initial_pending = false;
+            }
+            tracing::debug!(pool = %self.pool.name, backend = %report.backend, services = ?outage,
+                "check failed only on shared services in outage: kept in rotation");
+            None
+        } else if report.initial && slot.initial_pending {
             slot.initial_pending = false;
             slot.health.observe_initial(pass)
         } else {
@@ -270,6 +382,10 @@ impl Supervisor {
             self.log_transition(i, t, &reason);
             if t == Transition::Up {
                 self.slots[i].backend.reset_consecutive_failures();
+                // The start-up round brings everyone up together: nothing to ramp against.
+                if self.config.slow_start.is_some() && !report.initial {
+                    self.slots[i].ramp_from = Some(Instant::now());
+                }
             }
             self.publish();
         } else if report.initial && !pass {
@@ -303,6 +419,30 @@ impl Supervisor {
             }
             Command::Retire { drain_timeout } => self.retire(drain_timeout),
         }
+    }
+
+    /// Recomputes which shared services are in outage (over enabled backends' latest
+    /// reports); logs and publishes changes.
+    fn update_shared_outage(&mut self) -> Vec<String> {
+        let latest: Vec<Option<&Services>> = self
+            .slots
+            .iter()
+            .filter(|s| s.is_eligible())
+            .map(|s| s.services.as_ref())
+            .collect();
+        let outage = quay::outages(&self.config.health.shared_dependencies, &latest);
+        let before = self.pool.shared_outage.load_full();
+        if *before != outage {
+            for s in outage.iter().filter(|s| !before.contains(s)) {
+                tracing::warn!(pool = %self.pool.name, service = %s,
+                    "shared outage: most backends report this shared service down; backends failing only on it stay in rotation");
+            }
+            for s in before.iter().filter(|s| !outage.contains(s)) {
+                tracing::info!(pool = %self.pool.name, service = %s, "shared outage ended");
+            }
+            self.pool.shared_outage.store(Arc::new(outage.clone()));
+        }
+        outage
     }
 
     fn on_passive_failure(&mut self, backend: SocketAddr, consecutive: u32) {
@@ -378,8 +518,13 @@ impl Supervisor {
 
     fn reconfigure(&mut self, new: PoolConfig, drain_timeout: Duration) -> Reconfigured {
         self.drain_timeout = drain_timeout;
-        let health_changed = new.health != self.config.health;
+        let health_changed =
+            new.health != self.config.health || new.send_proxy != self.config.send_proxy;
+        let cluster_changed = new.cluster_health != self.config.cluster_health;
         self.config = Arc::new(new);
+        if health_changed || cluster_changed {
+            self.start_cluster_health();
+        }
         if health_changed {
             match new_prober(&self.config) {
                 Ok(prober) => {
@@ -465,6 +610,9 @@ impl Supervisor {
 
     fn retire(&mut self, drain_timeout: Duration) {
         self.retired = true;
+        if let Some(token) = self.cluster.take() {
+            token.cancel();
+        }
         let deadline = Instant::now() + drain_timeout;
         for slot in &mut self.slots {
             slot.removed = true;
@@ -477,6 +625,21 @@ impl Supervisor {
         }
         tracing::info!(pool = %self.pool.name, "pool removed by reload: draining");
         self.publish();
+    }
+
+    /// The earliest drain deadline still ahead of a backend with open connections.
+    fn next_cut_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .filter_map(|s| match s.admin {
+                AdminState::Draining {
+                    deadline,
+                    cut: false,
+                } if deadline > now && s.backend.active_connections() > 0 => Some(deadline),
+                _ => None,
+            })
+            .min()
     }
 
     fn on_drain_tick(&mut self) {
@@ -542,12 +705,21 @@ impl Supervisor {
         for s in &self.slots {
             s.backend.set_state(s.state());
         }
-        let up: Vec<Arc<Backend>> = self
+        let now = Instant::now();
+        let slow_start = self.config.slow_start;
+        for s in &mut self.slots {
+            if let (Some(from), Some(ramp)) = (s.ramp_from, slow_start) {
+                if now.duration_since(from) >= ramp || !s.health.is_up() {
+                    s.ramp_from = None;
+                }
+            }
+        }
+        let (up, up_weights): (Vec<Arc<Backend>>, Vec<u32>) = self
             .slots
             .iter()
             .filter(|s| s.is_eligible() && s.health.is_up())
-            .map(|s| s.backend.clone())
-            .collect();
+            .map(|s| (s.backend.clone(), effective_weight(s, slow_start, now)))
+            .unzip();
         let down: Vec<Arc<Backend>> = self
             .slots
             .iter()
@@ -559,7 +731,7 @@ impl Supervisor {
         let failing_open =
             up.is_empty() && !down.is_empty() && self.config.fail_open && !in_startup;
         let set = if !up.is_empty() {
-            LiveSet::new(self.config.clone(), up, false)
+            LiveSet::with_weights(self.config.clone(), up, up_weights, false)
         } else if failing_open {
             LiveSet::new(self.config.clone(), down, true)
         } else {

@@ -18,10 +18,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{line_col, Location};
-use super::file::{AdminFile, FileConfig, ListenerFile, RuntimeFile};
+use super::file::{AdminFile, FileConfig, ListenerFile, RouteFile, RuntimeFile};
 use super::{
     parse_duration, AdminConfig, AdminToken, Config, ConfigError, ListenerConfig, LogFormat,
-    Problem, RuntimeConfig,
+    Problem, RouteConfig, RuntimeConfig,
 };
 
 /// Address of the admin API when `[admin]` is present without `bind`.
@@ -325,6 +325,45 @@ impl Checker<'_> {
         }
     }
 
+    fn routes(
+        &mut self,
+        routes: &[Spanned<RouteFile>],
+        pools: &[super::PoolConfig],
+    ) -> Vec<RouteConfig> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::with_capacity(routes.len());
+        for table in routes {
+            let start = table.span().start;
+            let r = table.get_ref();
+            let sni = self.required(r.sni.as_ref(), "sni", start, "[[listener.route]]");
+            let pool = self.required(r.pool.as_ref(), "pool", start, "[[listener.route]]");
+            let (Some(sni), Some(pool)) = (sni, pool) else {
+                continue;
+            };
+            let pattern = sni.get_ref().trim_end_matches('.').to_ascii_lowercase();
+            if let Err(e) = values::sni_pattern(&pattern) {
+                self.report_at(sni, e);
+                continue;
+            }
+            let what = format!("route for sni \"{pattern}\"");
+            self.unique(&mut seen, pattern.clone(), sni.span().start, &what);
+            if !pools.iter().any(|p| p.name == *pool.get_ref()) {
+                self.report_at(
+                    pool,
+                    format!(
+                        "route names pool \"{}\", which is not defined",
+                        pool.get_ref()
+                    ),
+                );
+            }
+            out.push(RouteConfig {
+                sni: pattern,
+                pool: pool.get_ref().clone(),
+            });
+        }
+        out
+    }
+
     fn listeners(
         &mut self,
         listeners: &[Spanned<ListenerFile>],
@@ -385,6 +424,7 @@ impl Checker<'_> {
                 4096,
                 "it is the listen(2) queue length",
             );
+            let routes = self.routes(&l.routes, pools);
             out.push(ListenerConfig {
                 name,
                 bind: bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
@@ -397,6 +437,8 @@ impl Checker<'_> {
                     Duration::from_secs(5),
                 ),
                 backlog: u32::try_from(backlog).unwrap_or(4096),
+                accept_proxy: l.accept_proxy.as_ref().is_some_and(|b| *b.get_ref()),
+                routes,
             });
         }
         out

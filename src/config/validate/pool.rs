@@ -9,8 +9,11 @@ use rustls::pki_types::CertificateDer;
 use toml::Spanned;
 
 use super::{values, Checker};
-use crate::config::file::{BackendEntry, HealthFile, PoolFile};
-use crate::config::{BackendConfig, BalanceKind, CheckKind, HealthConfig, PoolConfig};
+use crate::config::file::{BackendEntry, ClusterHealthFile, DiscoverFile, HealthFile, PoolFile};
+use crate::config::{
+    BackendConfig, BalanceKind, CheckKind, ClusterHealthConfig, DiscoverConfig, HealthConfig,
+    PoolConfig, SendProxy,
+};
 
 /// Largest backend weight: enough for "ten times that machine", small enough that smooth
 /// weighted round robin's counters stay tiny.
@@ -46,10 +49,41 @@ impl Checker<'_> {
         } else {
             format!("[[pool]] \"{name}\"")
         };
-        let backends = match self.required(p.backends.as_ref(), "backends", start, &label) {
-            Some(list) => self.backends(list, &name),
-            None => Vec::new(),
+        let (backends, discover) = match (p.backends.as_ref(), p.discover.as_ref()) {
+            (Some(list), None) => (self.backends(list, &name), None),
+            (None, Some(d)) => (Vec::new(), self.discover(d)),
+            (Some(_), Some(d)) => {
+                self.report_at(
+                    d,
+                    format!("{label} sets both backends and discover; use one of them"),
+                );
+                (Vec::new(), None)
+            }
+            (None, None) => {
+                self.report(
+                    start,
+                    format!(
+                        "{label} needs backends (a list of \"ip:port\") or discover (DNS names)"
+                    ),
+                );
+                (Vec::new(), None)
+            }
         };
+        let send_proxy = self.choice(
+            p.send_proxy.as_ref(),
+            "send_proxy",
+            &[
+                ("off", SendProxy::Off),
+                ("v1", SendProxy::V1),
+                ("v2", SendProxy::V2),
+            ],
+            SendProxy::Off,
+        );
+        let slow_start = self.duration(p.slow_start.as_ref(), "slow_start", Duration::ZERO);
+        let cluster_health = p
+            .cluster_health
+            .as_ref()
+            .map(|c| self.cluster_health(c.get_ref()));
         let balance = self.choice(
             p.balance.as_ref(),
             "balance",
@@ -78,6 +112,10 @@ impl Checker<'_> {
             name,
             balance,
             backends,
+            discover,
+            send_proxy,
+            slow_start: (!slow_start.is_zero()).then_some(slow_start),
+            cluster_health,
             connect_timeout,
             retries: u32::try_from(retries).unwrap_or(2),
             fail_open: p.fail_open.as_ref().is_none_or(|b| *b.get_ref()),
@@ -94,7 +132,7 @@ impl Checker<'_> {
         if list.get_ref().is_empty() {
             self.report_at(
                 list,
-                "backends is empty; list at least one \"ip:port\" (this version has no discovery)",
+                "backends is empty; list at least one \"ip:port\", or use discover for DNS",
             );
         }
         let mut seen = HashMap::new();
@@ -130,6 +168,72 @@ impl Checker<'_> {
                 address,
                 weight: u32::try_from(weight).unwrap_or(1),
             });
+        }
+        out
+    }
+
+    fn discover(&mut self, table: &Spanned<DiscoverFile>) -> Option<DiscoverConfig> {
+        let d = table.get_ref();
+        let start = table.span().start;
+        let dns = self.required(d.dns.as_ref(), "dns", start, "discover")?;
+        let name = dns.get_ref().trim_end_matches('.').to_ascii_lowercase();
+        if let Err(e) = values::dns_name(&name) {
+            self.report_at(dns, e);
+        }
+        let port = match self.required(d.port.as_ref(), "port", start, "discover") {
+            Some(_) => self.int(d.port.as_ref(), "port", (1, 65535), 443, ""),
+            None => 443,
+        };
+        let every = self.positive_duration(d.every.as_ref(), "every", Duration::from_secs(10));
+        Some(DiscoverConfig {
+            dns: name,
+            port: u16::try_from(port).unwrap_or(443),
+            every,
+        })
+    }
+
+    fn cluster_health(&mut self, c: &ClusterHealthFile) -> ClusterHealthConfig {
+        if let Some(path) = &c.path {
+            if let Err(e) = values::request_path(path.get_ref()) {
+                self.report_at(path, e);
+            }
+        }
+        ClusterHealthConfig {
+            path: c
+                .path
+                .as_ref()
+                .map_or_else(|| "/health/endtoend".to_string(), |p| p.get_ref().clone()),
+            interval: self.positive_duration(
+                c.interval.as_ref(),
+                "interval",
+                Duration::from_secs(10),
+            ),
+        }
+    }
+
+    fn shared_dependencies(&mut self, list: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for item in list.get_ref() {
+            let name = item.get_ref();
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                self.report_at(
+                    item,
+                    format!(
+                        "shared dependency \"{name}\" is not a service name (letters, digits, \
+                         _ and -, as in the health body's \"services\")"
+                    ),
+                );
+                continue;
+            }
+            let what = format!("shared dependency \"{name}\"");
+            self.unique(&mut seen, name.clone(), item.span().start, &what);
+            out.push(name.clone());
         }
         out
     }
@@ -223,6 +327,11 @@ impl Checker<'_> {
                 .as_ref()
                 .filter(|s| !s.get_ref().is_empty())
                 .and_then(|s| self.ca_file(s)),
+            shared_dependencies: h
+                .shared_dependencies
+                .as_ref()
+                .map(|l| self.shared_dependencies(l))
+                .unwrap_or_default(),
         }
     }
 

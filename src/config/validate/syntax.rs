@@ -7,17 +7,6 @@ use std::path::Path;
 use crate::config::error::Problem;
 use crate::config::file::TABLES;
 
-/// Keys that a later version of splicer accepts; naming them saves users a trip to the docs.
-const LATER_KEYS: &[&str] = &[
-    "accept_proxy",
-    "route",
-    "discover",
-    "send_proxy",
-    "slow_start",
-    "shared_dependencies",
-    "cluster_health",
-];
-
 /// The problem for a failed `toml::from_str`.
 pub fn problem(path: &Path, text: &str, err: &toml::de::Error) -> Problem {
     let span = err.span().unwrap_or(0..0);
@@ -52,9 +41,7 @@ fn unknown_key(rest: &str) -> String {
         .find(|(_, keys)| same_set(keys, &expected))
         .map_or(String::new(), |(name, _)| format!(" in {name}"));
     let mut out = format!("unknown key \"{key}\"{table}");
-    if LATER_KEYS.contains(&key.as_str()) {
-        out.push_str(" (not yet accepted by this version of splicer)");
-    } else if let Some(near) = expected.iter().find(|k| edit_distance(k, &key) <= 2) {
+    if let Some(near) = expected.iter().find(|k| edit_distance(k, &key) <= 2) {
         out.push_str(&format!(" (did you mean \"{near}\"?)"));
     }
     if !expected.is_empty() {
@@ -191,6 +178,6 @@ mod tests {
         );
         assert!(first_line("[pool]\nname = \"p\"\n").contains("[pool] must be written [[pool]]"));
         assert!(first_line("[[pool]]\nname = = 1\n").starts_with("f.toml:2:8: invalid TOML: "));
-        assert!(first_line("[[pool]]\ndiscover = 1\n").contains("not yet accepted"));
+        assert!(first_line("[[pool]]\ndiscver = 1\n").contains("did you mean \"discover\"?"));
     }
 }

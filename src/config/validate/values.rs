@@ -107,6 +107,36 @@ pub fn request_path(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_`, 1..=63 bytes each,
+/// 253 in all.
+pub fn dns_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{s}\" is not a DNS name (e.g. \"quay-nodes.internal\")"
+        ))
+    }
+}
+
+/// An SNI route pattern: a DNS name, or `*.` followed by one.
+pub fn sni_pattern(s: &str) -> Result<(), String> {
+    let name = s.strip_prefix("*.").unwrap_or(s);
+    dns_name(name).map_err(|_| {
+        format!(
+            "sni \"{s}\" is neither a host name nor a one-label wildcard like \"*.example.com\""
+        )
+    })
+}
+
 /// Checks a health-check `host`: it becomes the Host header and the TLS SNI, so it is a bare
 /// name (or IP), without scheme, path or spaces.
 pub fn host(s: &str) -> Result<(), String> {

@@ -20,13 +20,14 @@ use hyper::header::{HeaderValue, CONNECTION, HOST, USER_AGENT};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{CheckKind, HealthConfig, StatusMatcher};
+use crate::config::{CheckKind, HealthConfig, SendProxy, StatusMatcher};
+use crate::net::proxy_protocol;
 
 pub use tls::ProbeSetupError;
 
@@ -53,6 +54,9 @@ struct Settings {
     server_name: Option<ServerName<'static>>,
     expect_status: StatusMatcher,
     timeout: Duration,
+    /// PROXY header written first on every check connection, for pools with `send_proxy`
+    /// (backends that expect it reject connections without one).
+    proxy_header: Option<Vec<u8>>,
 }
 
 /// The check kind with what it needs, so an `https` check always has its TLS connector.
@@ -140,6 +144,27 @@ impl Prober {
     /// Builds the prober for one pool; reads `ca_file` (or the system roots) only for `https`
     /// checks with `tls_verify`, so other pools never depend on those files.
     pub fn new(health: &HealthConfig) -> Result<Prober, ProbeSetupError> {
+        Prober::with_send_proxy(health, SendProxy::Off)
+    }
+
+    /// Like [`Prober::new`], for a pool that sends the PROXY protocol: every check (tcp too)
+    /// starts with a v2 `LOCAL` or v1 `PROXY UNKNOWN` header, which says "a health check, not a
+    /// client", so the backend uses the real connection's addresses.
+    pub fn with_send_proxy(
+        health: &HealthConfig,
+        send_proxy: SendProxy,
+    ) -> Result<Prober, ProbeSetupError> {
+        let proxy_header = match send_proxy {
+            SendProxy::Off => None,
+            SendProxy::V1 => Some(proxy_protocol::encode(
+                proxy_protocol::Version::V1,
+                &proxy_protocol::ProxyHeader::Local,
+            )),
+            SendProxy::V2 => Some(proxy_protocol::encode(
+                proxy_protocol::Version::V2,
+                &proxy_protocol::ProxyHeader::Local,
+            )),
+        };
         let host = health.host.as_deref().filter(|h| !h.is_empty());
         let path = Uri::try_from(health.path.as_str()).map_err(|e| ProbeSetupError::Path {
             path: health.path.clone(),
@@ -175,6 +200,7 @@ impl Prober {
                 server_name,
                 expect_status: health.expect_status.clone(),
                 timeout: health.timeout,
+                proxy_header,
             }),
         })
     }
@@ -201,13 +227,13 @@ impl Prober {
         let s = &*self.inner;
         match &s.check {
             Check::None => Ok(()),
-            Check::Tcp => connect(addr).await.map(drop),
+            Check::Tcp => connect(addr, s.proxy_header.as_deref()).await.map(drop),
             Check::Http => {
-                let tcp = connect(addr).await?;
+                let tcp = connect(addr, s.proxy_header.as_deref()).await?;
                 self.exchange(tcp, addr, seen).await
             }
             Check::Https(connector) => {
-                let tcp = connect(addr).await?;
+                let tcp = connect(addr, s.proxy_header.as_deref()).await?;
                 let name = s
                     .server_name
                     .clone()
@@ -279,10 +305,16 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
-    TcpStream::connect(addr)
+async fn connect(addr: SocketAddr, proxy_header: Option<&[u8]>) -> Result<TcpStream, ProbeError> {
+    let mut tcp = TcpStream::connect(addr)
         .await
-        .map_err(|e| classify_io(&e, Stage::BeforeResponse))
+        .map_err(|e| classify_io(&e, Stage::BeforeResponse))?;
+    if let Some(header) = proxy_header {
+        tcp.write_all(header)
+            .await
+            .map_err(|e| classify_io(&e, Stage::BeforeResponse))?;
+    }
+    Ok(tcp)
 }
 
 /// `Host` when none is configured: `ip:port`, IPv6 in brackets, as `SocketAddr` prints it.

@@ -1,0 +1,91 @@
+//! The cluster-wide probe of `[pool.cluster_health]`: every interval, one up backend (taking
+//! turns) is asked for the cluster's end-to-end health (Quay's `/health/endtoend`). The result
+//! is reported on `/status` and in metrics only; it never changes who gets connections, since a
+//! failing shared service is not something another backend could fix.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::probe::Prober;
+use crate::pool::Pool;
+
+/// The latest cluster-wide probe result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterHealth {
+    /// Whether the status was accepted.
+    pub ok: bool,
+    /// HTTP status, when one arrived.
+    pub status: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The backend that was asked.
+    pub backend: Option<SocketAddr>,
+    /// When it finished.
+    pub checked_at: SystemTime,
+}
+
+/// Probes the cluster through `pool`'s up backends every `interval` until `stop`.
+pub async fn run(
+    pool: Arc<Pool>,
+    prober: Prober,
+    port: u16,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut turn = 0usize;
+    let mut last_ok: Option<bool> = None;
+    loop {
+        let target = {
+            let set = pool.live();
+            if set.fail_open || set.members.is_empty() {
+                None
+            } else {
+                turn = turn.wrapping_add(1);
+                Some(set.members[turn % set.members.len()].address)
+            }
+        };
+        let result = match target {
+            None => ClusterHealth {
+                ok: false,
+                status: None,
+                error: Some("no backend is up to ask".to_string()),
+                backend: None,
+                checked_at: SystemTime::now(),
+            },
+            Some(addr) => {
+                let probe_at = match port {
+                    0 => addr,
+                    p => SocketAddr::new(addr.ip(), p),
+                };
+                let outcome = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    o = prober.probe(probe_at) => o,
+                };
+                ClusterHealth {
+                    ok: outcome.is_pass(),
+                    status: outcome.status,
+                    error: outcome.result.as_ref().err().map(|e| e.to_string()),
+                    backend: Some(addr),
+                    checked_at: SystemTime::now(),
+                }
+            }
+        };
+        if last_ok != Some(result.ok) {
+            if result.ok {
+                tracing::info!(pool = %pool.name, "cluster health ok");
+            } else {
+                tracing::warn!(pool = %pool.name, status = ?result.status,
+                    error = result.error.as_deref().unwrap_or(""), "cluster health failing");
+            }
+            last_ok = Some(result.ok);
+        }
+        pool.set_cluster_health(result);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
