@@ -166,7 +166,12 @@ async fn run(program: &Path, args: &[String]) -> (bool, String, String) {
         .output();
     let output = tokio::time::timeout(PROGRAM_WAIT, output)
         .await
-        .unwrap_or_else(|_| panic!("{} {args:?} ran longer than {PROGRAM_WAIT:?}", program.display()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} {args:?} ran longer than {PROGRAM_WAIT:?}",
+                program.display()
+            )
+        })
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
     (
         output.status.success(),

@@ -189,3 +189,47 @@ async fn max_connections_holds_the_third_client_until_a_slot_frees() {
     let s = status(splicer.admin).await;
     assert_eq!(s["listeners"][0]["total_connections"], 5, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_spares_a_slow_but_steady_reader() {
+    // The backend writes it all at once: splicer's send queue toward the client fills (MiBs)
+    // and then only drains as fast as the client reads, with no read or write of splicer's for
+    // longer than idle_timeout. Bytes still move, so the connection is not idle.
+    const TOTAL: usize = 8 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let _ = stream.write_all(&vec![0x5A; TOTAL]).await;
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let splicer = splicer_with(backend, "idle_timeout = \"300ms\"").await;
+
+    let mut client = TcpStream::connect(splicer.addr).await.expect("connect");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0;
+    let started = Instant::now();
+    while got < TOTAL {
+        let n = tokio::time::timeout(WAIT, client.read(&mut buf))
+            .await
+            .expect("no bytes within WAIT")
+            .unwrap_or_else(|e| panic!("{e} after {got} bytes"));
+        assert!(
+            n > 0,
+            "closed as idle after {got} of {TOTAL} bytes, {:?} into a steady read",
+            started.elapsed()
+        );
+        got += n;
+        // About 6 MB/s: slower than the loopback, steady enough never to stall.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("{TOTAL} bytes read slowly in {:?}", started.elapsed());
+    // Nothing left in flight: now it is idle.
+    let quiet_from = Instant::now();
+    let lived = eof_at(&mut client, "the drained connection").await - quiet_from;
+    assert!(
+        lived <= Duration::from_secs(3),
+        "idle for {lived:?} before splicer closed it"
+    );
+}

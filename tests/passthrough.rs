@@ -43,7 +43,9 @@ check = "none"
 
 /// A plain TCP test backend: a bound listener whose connections the test takes one by one.
 async fn test_backend() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
     let addr = listener.local_addr().expect("backend addr");
     (listener, addr)
 }
@@ -158,7 +160,10 @@ async fn transfer_both_ways(len: u64) {
 
     assert_eq!(up_sent.len, len);
     assert_eq!(down_sent.len, len);
-    assert_ne!(up_sent.sha256, down_sent.sha256, "the two directions must differ");
+    assert_ne!(
+        up_sent.sha256, down_sent.sha256,
+        "the two directions must differ"
+    );
     assert_eq!(up_received, up_sent, "client → backend bytes changed");
     assert_eq!(down_received, down_sent, "backend → client bytes changed");
     expect_all_closed(&splicer, 1).await;
@@ -244,7 +249,10 @@ async fn backend_half_close_reaches_client_and_the_client_can_still_send() {
 
     // The backend's half-close must not have closed the other direction.
     let upload: Vec<u8> = (0..(256u32 << 10)).map(|i| (i % 253) as u8).collect();
-    client.write_all(&upload).await.expect("client sends after EOF");
+    client
+        .write_all(&upload)
+        .await
+        .expect("client sends after EOF");
     client.shutdown().await.expect("client shutdown(Write)");
     let mut received = Vec::new();
     tokio::time::timeout(WAIT, server.read_to_end(&mut received))
@@ -275,11 +283,7 @@ async fn expect_reset(stream: &mut TcpStream, who: &str) {
         .await
         .unwrap_or_else(|_| panic!("{who} saw neither reset nor data"));
     match read {
-        Err(e) => assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset,
-            "{who}: {e}"
-        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{who}: {e}"),
         Ok(n) => panic!("{who} read {n} bytes (0 = FIN) instead of a reset"),
     }
 }
@@ -347,7 +351,10 @@ async fn expect_live(addr: SocketAddr, i: usize) {
     let got = tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("connection {i} got no answer"));
-    assert_eq!(got, b"live", "connection {i} did not reach the live backend");
+    assert_eq!(
+        got, b"live",
+        "connection {i} did not reach the live backend"
+    );
 }
 
 /// `/status` entry of backend `addr` in the first pool.
@@ -355,7 +362,11 @@ async fn backend_json(admin: SocketAddr, addr: SocketAddr) -> serde_json::Value 
     let s = status(admin).await;
     s["pools"][0]["backends"]
         .as_array()
-        .and_then(|bs| bs.iter().find(|b| b["address"] == addr.to_string()).cloned())
+        .and_then(|bs| {
+            bs.iter()
+                .find(|b| b["address"] == addr.to_string())
+                .cloned()
+        })
         .unwrap_or_else(|| panic!("backend {addr} not on /status: {s}"))
 }
 
@@ -446,5 +457,83 @@ timeout = "1s"
     assert_eq!(doomed_json["connect_failures"], failures, "{doomed_json}");
     let live_json = backend_json(splicer.admin, live_addr).await;
     assert_eq!(live_json["total_connections"], sent as u64 + 10);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passively_downed_backend_comes_back_through_its_active_check() {
+    // `fall = 1000`: the active check alone would take minutes to eject it, so a quick `down`
+    // is the passive path; `rise = 1` brings it back at the first passing check.
+    let (flaky, flaky_addr) = test_backend().await;
+    let (live, live_addr) = test_backend().await;
+    let server = serve_live(live);
+    let splicer = start_splicer(&format!(
+        r#"
+[[listener]]
+name = "in"
+bind = "127.0.0.1:0"
+pool = "p"
+
+[[pool]]
+name = "p"
+backends = {}
+balance = "round_robin"
+retries = 2
+passive_fall = 3
+
+[pool.health]
+check = "tcp"
+interval = "300ms"
+timeout = "200ms"
+rise = 1
+fall = 1000
+"#,
+        backends_toml(&[flaky_addr, live_addr])
+    ))
+    .await;
+    assert_eq!(backend_state(splicer.admin, "p", flaky_addr).await, "up");
+    drop(flaky);
+
+    let mut sent = 0;
+    while backend_state(splicer.admin, "p", flaky_addr).await == "up" {
+        assert!(sent < 20, "{sent} connections and it is still up");
+        expect_live(splicer.addr, sent).await;
+        sent += 1;
+    }
+
+    // Listening again on the same address: the next check passes and it takes traffic again.
+    let back = TcpListener::bind(flaky_addr)
+        .await
+        .expect("rebind the backend's address");
+    wait_until(WAIT, "the active check to bring it back up", || async {
+        backend_state(splicer.admin, "p", flaky_addr).await == "up"
+    })
+    .await;
+    let mut reached = false;
+    for i in 0..4 {
+        let client = TcpStream::connect(splicer.addr).await.expect("connect");
+        let got = tokio::time::timeout(WAIT, async {
+            tokio::select! {
+                accepted = back.accept() => accepted.map(|_| true),
+                // The live backend answers and closes when it got the connection instead.
+                _ = async {
+                    let mut c = client;
+                    let mut sink = Vec::new();
+                    let _ = c.read_to_end(&mut sink).await;
+                } => Ok(false),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("connection {i} went nowhere"))
+        .expect("accept");
+        if got {
+            reached = true;
+            break;
+        }
+    }
+    assert!(
+        reached,
+        "the recovered backend got none of 4 round-robin connections"
+    );
     server.abort();
 }

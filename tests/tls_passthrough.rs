@@ -135,7 +135,9 @@ check = "tcp"
         "the backend's ALPN choice did not reach the client"
     );
 
-    tls.write_all(b"ping through splicer\n").await.expect("write");
+    tls.write_all(b"ping through splicer\n")
+        .await
+        .expect("write");
     assert_eq!(read_to_end(&mut tls).await, b"pong: ping through splicer\n");
 
     // Offering only http/1.1 gets http/1.1: ALPN is negotiated end to end, not fixed.
