@@ -154,7 +154,7 @@ fn exit_from(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line on stderr, which is also where logs go: no need to say it twice.
             eprintln!("splicer: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }

@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::{
-    backend_state, backends_toml, control, http, https_get, rig, start_splicer, status,
-    tls_client, wait_until, WAIT,
+    backend_state, backends_toml, control, http, https_get, rig, start_splicer, status, tls_client,
+    wait_until, WAIT,
 };
 
 /// A pool checked over HTTPS quickly enough that a health flip shows within about a second.
@@ -105,7 +105,9 @@ fn backend<'a>(s: &'a Value, pool_name: &str, addr: SocketAddr) -> &'a Value {
 
 /// Asserts `at` is RFC 3339 UTC with seconds precision (`2026-11-27T12:00:00Z`) and recent.
 fn assert_recent_timestamp(at: &Value) {
-    let text = at.as_str().unwrap_or_else(|| panic!("`at` is not a string: {at}"));
+    let text = at
+        .as_str()
+        .unwrap_or_else(|| panic!("`at` is not a string: {at}"));
     let shape_ok = text.len() == 20
         && text.ends_with('Z')
         && text.char_indices().all(|(i, c)| match i {
@@ -138,7 +140,8 @@ async fn health_answers_ok_while_serving() {
         backend_state(s.admin, "quay", node).await == "down"
     })
     .await;
-    assert_eq!(http(s.admin, "GET", "/health", "").await, (200, "ok\n".into()));
+    let (code, body) = http(s.admin, "GET", "/health", "").await;
+    assert_eq!((code, body.trim_end()), (200, "ok"));
     assert!(s.shutdown().await);
 }
 
@@ -176,7 +179,10 @@ async fn ready_follows_pool_health_without_fail_open() {
     }
     // And the listener closes clients instead of sending them to a down node.
     let refused = https_get(s.addr, "/").await;
-    assert!(refused.is_err(), "a client got through with no backend up: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a client got through with no backend up: {refused:?}"
+    );
 
     // Recovery of one node is enough.
     control(&rig, "/nodes/2/health", "200").await;
@@ -249,11 +255,16 @@ async fn status_document_has_the_exact_shape() {
         "{doc}"
     );
     assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
-    let uptime = doc["uptime_seconds"].as_f64().expect("uptime_seconds is a number");
+    let uptime = doc["uptime_seconds"]
+        .as_f64()
+        .expect("uptime_seconds is a number");
     assert!((0.0..60.0).contains(&uptime), "uptime_seconds = {uptime}");
 
     let listeners = doc["listeners"].as_array().expect("listeners is an array");
-    let names: Vec<&str> = listeners.iter().filter_map(|l| l["name"].as_str()).collect();
+    let names: Vec<&str> = listeners
+        .iter()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
     assert_eq!(names, ["front", "side"], "config order: {doc}");
     for l in listeners {
         assert_eq!(
@@ -294,7 +305,10 @@ async fn status_document_has_the_exact_shape() {
     assert_eq!(p["shared_outage"], serde_json::json!([]));
 
     let backends = p["backends"].as_array().expect("backends is an array");
-    let addresses: Vec<&str> = backends.iter().filter_map(|b| b["address"].as_str()).collect();
+    let addresses: Vec<&str> = backends
+        .iter()
+        .filter_map(|b| b["address"].as_str())
+        .collect();
     let expected: Vec<String> = nodes.iter().map(|a| a.to_string()).collect();
     assert_eq!(addresses, expected, "config order");
     for (b, weight) in backends.iter().zip([1, 3]) {
@@ -326,7 +340,9 @@ async fn status_document_has_the_exact_shape() {
         assert_eq!(check["ok"], true, "{b}");
         assert_eq!(check["status"], 200, "{b}");
         assert_eq!(check["error"], Value::Null, "{b}");
-        let latency = check["latency_ms"].as_f64().expect("latency_ms is a number");
+        let latency = check["latency_ms"]
+            .as_f64()
+            .expect("latency_ms is a number");
         assert!((0.0..150.0).contains(&latency), "latency_ms = {latency}");
         assert_recent_timestamp(&check["at"]);
     }
@@ -348,7 +364,9 @@ async fn status_counts_connections() {
 
     const REQUESTS: u64 = 6;
     for _ in 0..REQUESTS {
-        let (code, _) = https_get(s.addr, "/").await.expect("request through splicer");
+        let (code, _) = https_get(s.addr, "/")
+            .await
+            .expect("request through splicer");
         assert_eq!(code, 200);
     }
     let listener_settled = |want_total: u64, want_active: u64| {
@@ -387,16 +405,29 @@ async fn status_counts_connections() {
         .await
         .expect("handshake in time")
         .expect("handshake through splicer");
-    wait_until(WAIT, "held connection is active", listener_settled(REQUESTS + 1, 1)).await;
+    wait_until(
+        WAIT,
+        "held connection is active",
+        listener_settled(REQUESTS + 1, 1),
+    )
+    .await;
     let doc = status(s.admin).await;
     let active: Vec<u64> = nodes
         .iter()
-        .map(|a| backend(&doc, "quay", *a)["active_connections"].as_u64().expect("a count"))
+        .map(|a| {
+            backend(&doc, "quay", *a)["active_connections"]
+                .as_u64()
+                .expect("a count")
+        })
         .collect();
     assert_eq!(active.iter().sum::<u64>(), 1, "{doc}");
     drop(held);
-    wait_until(WAIT, "closed connection is no longer active", listener_settled(REQUESTS + 1, 0))
-        .await;
+    wait_until(
+        WAIT,
+        "closed connection is no longer active",
+        listener_settled(REQUESTS + 1, 0),
+    )
+    .await;
     let doc = status(s.admin).await;
     for a in &nodes {
         assert_eq!(backend(&doc, "quay", *a)["active_connections"], 0, "{doc}");
@@ -420,7 +451,9 @@ async fn connect_failures_count_data_path_connects_only() {
     let mut s = start_splicer(&text).await;
     const REQUESTS: u64 = 4;
     for _ in 0..REQUESTS {
-        let (code, body) = https_get(s.addr, "/").await.expect("retried onto the live node");
+        let (code, body) = https_get(s.addr, "/")
+            .await
+            .expect("retried onto the live node");
         assert_eq!((code, body.as_str()), (200, "node-1\n"));
     }
     wait_until(WAIT, "no connection stays active", || async {

@@ -10,6 +10,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
 /// Longest any one invocation may take; `check` and failing `run`s take milliseconds.
@@ -122,7 +123,10 @@ async fn check_accepts_every_example_and_prints_a_summary() {
         // The summary names every listener, pool and backend of the file.
         let config = splicer::config::load(&path).expect("example loads");
         for l in &config.listeners {
-            assert!(text.contains(&format!("{}: bind {}", l.name, l.bind)), "{text}");
+            assert!(
+                text.contains(&format!("{}: bind {}", l.name, l.bind)),
+                "{text}"
+            );
         }
         for p in &config.pools {
             assert!(text.contains(&format!("  {}: balance ", p.name)), "{text}");
@@ -201,7 +205,11 @@ async fn run_with_an_invalid_config_exits_2_before_binding() {
             (line, col)
         })
         .collect();
-    assert_eq!(places, [(4, 8), (9, 8), (10, 8)], "the same lines as check:\n{err}");
+    assert_eq!(
+        places,
+        [(4, 8), (9, 8), (10, 8)],
+        "the same lines as check:\n{err}"
+    );
     assert!(
         !err.contains("listening") && !err.contains("cannot listen"),
         "{err}"
@@ -221,7 +229,11 @@ async fn config_path_comes_from_flag_then_env_then_current_dir() {
     cmd.arg("check");
     let out = finish(cmd).await;
     assert_eq!(code(&out), Some(2));
-    assert!(stderr(&out).starts_with("splicer.toml: "), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("splicer.toml: "),
+        "{}",
+        stderr(&out)
+    );
 
     // ./splicer.toml in the working directory.
     write(cwd, "splicer.toml", &valid_config(loopback_any()));
@@ -229,7 +241,11 @@ async fn config_path_comes_from_flag_then_env_then_current_dir() {
     cmd.arg("check");
     let out = finish(cmd).await;
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).starts_with("splicer.toml: OK\n"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("splicer.toml: OK\n"),
+        "{}",
+        stdout(&out)
+    );
 
     // $SPLICER_CONFIG wins over ./splicer.toml.
     let mut cmd = splicer(cwd);
@@ -255,7 +271,10 @@ async fn config_path_comes_from_flag_then_env_then_current_dir() {
     // -c wins over $SPLICER_CONFIG (and over ./splicer.toml).
     write(cwd, "splicer.toml", &invalid_config(loopback_any()));
     let mut cmd = splicer(cwd);
-    cmd.arg("check").arg("-c").arg(&good).env("SPLICER_CONFIG", &bad);
+    cmd.arg("check")
+        .arg("-c")
+        .arg(&good)
+        .env("SPLICER_CONFIG", &bad);
     let out = finish(cmd).await;
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).starts_with(&format!("{}: OK\n", good.display())));
@@ -265,7 +284,11 @@ async fn config_path_comes_from_flag_then_env_then_current_dir() {
     cmd.arg("run");
     let out = finish(cmd).await;
     assert_eq!(code(&out), Some(2));
-    assert!(stderr(&out).starts_with("splicer.toml:4:8: "), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("splicer.toml:4:8: "),
+        "{}",
+        stderr(&out)
+    );
     let missing = cwd.join("missing.toml");
     let mut cmd = splicer(cwd);
     cmd.arg("run").env("SPLICER_CONFIG", &missing);
@@ -287,7 +310,10 @@ async fn run_on_an_address_in_use_exits_1_naming_it() {
     // The listener's address.
     let path = write(dir.path(), "listener.toml", &valid_config(taken));
     // The admin API's address (the listener itself is free).
-    let admin = format!("[admin]\nbind = \"{taken}\"\n{}", valid_config(loopback_any()));
+    let admin = format!(
+        "[admin]\nbind = \"{taken}\"\n{}",
+        valid_config(loopback_any())
+    );
     let admin_path = write(dir.path(), "admin.toml", &admin);
 
     for path in [path, admin_path] {
@@ -301,10 +327,7 @@ async fn run_on_an_address_in_use_exits_1_naming_it() {
             .find(|l| l.starts_with("splicer: "))
             .unwrap_or_else(|| panic!("no `splicer: ...` message:\n{err}"));
         assert!(message.contains(&taken.to_string()), "{message}");
-        assert!(
-            message.to_ascii_lowercase().contains("in use"),
-            "{message}"
-        );
+        assert!(message.to_ascii_lowercase().contains("in use"), "{message}");
     }
     drop(held);
 }
@@ -329,27 +352,67 @@ async fn usage_errors_exit_2() {
     }
 }
 
-/// Starts `run` on `config` and returns the child and the first stderr line that mentions
-/// "listening" together with every line before it.
-async fn first_log_lines(dir: &Path, config: &str, extra: &[&str]) -> (Child, Vec<String>) {
-    let path = write(dir, "log.toml", config);
-    let mut cmd = splicer(dir);
-    cmd.args(extra).arg("run").arg("-c").arg(&path);
-    let mut child = cmd.spawn().expect("splicer starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let line = tokio::time::timeout_at(deadline, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no \"listening\" log line in time; got {seen:#?}"))
-            .expect("read stderr")
-            .unwrap_or_else(|| panic!("splicer exited early; stderr: {seen:#?}"));
-        let done = line.contains("listening");
-        seen.push(line);
-        if done {
-            return (child, seen);
+/// A `run` child, once it logged "listening", with its log lines so far.
+struct Serving {
+    child: Child,
+    /// Every stderr line up to and including the "listening" one.
+    lines: Vec<String>,
+    /// The listener's bound address, from that line.
+    listen: SocketAddr,
+}
+
+impl Serving {
+    /// Starts `run` on `config` with `extra` global flags; returns once it logged "listening".
+    async fn start(dir: &Path, config: &str, extra: &[&str]) -> Serving {
+        let path = write(dir, "log.toml", config);
+        let mut cmd = splicer(dir);
+        cmd.args(extra).arg("run").arg("-c").arg(&path);
+        let mut child = cmd.spawn().expect("splicer starts");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut lines = Vec::new();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, stderr.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no \"listening\" log line in time; got {lines:#?}"))
+                .expect("read stderr")
+                .unwrap_or_else(|| panic!("splicer exited early; stderr: {lines:#?}"));
+            let listening = line.contains("listening");
+            lines.push(line);
+            if listening {
+                break;
+            }
         }
+        let last = lines.last().expect("a line");
+        // `bind=ADDR` in text, `"bind":"ADDR"` in JSON.
+        let listen = last
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
+            .find_map(|kv| {
+                kv.strip_prefix("bind=")
+                    .or_else(|| kv.strip_prefix("\"bind\":"))
+                    .map(|v| v.trim_matches('"'))
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no bind address in {last}"));
+        Serving {
+            child,
+            lines,
+            listen,
+        }
+    }
+
+    /// Connects once (the backend refuses, so the connection fails fast) and returns the
+    /// access log line it produced on stdout.
+    async fn access_line(&mut self) -> String {
+        drop(TcpStream::connect(self.listen).await.expect("connect"));
+        let mut stdout = BufReader::new(self.child.stdout.take().expect("stdout")).lines();
+        let line = tokio::time::timeout(LIMIT, stdout.next_line())
+            .await
+            .expect("an access log line in time")
+            .expect("read stdout")
+            .expect("splicer exited early");
+        self.child.kill().await.expect("kill");
+        line
     }
 }
 
@@ -358,9 +421,8 @@ async fn log_format_json_makes_every_log_line_json() {
     let dir = tempfile::tempdir().unwrap();
     let config = valid_config(loopback_any());
 
-    let (mut child, lines) = first_log_lines(dir.path(), &config, &["--log-format", "json"]).await;
-    child.kill().await.expect("kill");
-    for line in &lines {
+    let mut s = Serving::start(dir.path(), &config, &["--log-format", "json"]).await;
+    for line in &s.lines {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
         assert!(v.is_object(), "{line}");
@@ -368,32 +430,47 @@ async fn log_format_json_makes_every_log_line_json() {
         assert!(v["timestamp"].is_string(), "{line}");
     }
     let listening: serde_json::Value =
-        serde_json::from_str(lines.last().expect("a line")).expect("JSON");
+        serde_json::from_str(s.lines.last().expect("a line")).expect("JSON");
     assert_eq!(listening["message"], "listening", "{listening}");
     assert_eq!(listening["level"], "INFO", "{listening}");
     assert_eq!(listening["listener"], "front", "{listening}");
-    let bind: SocketAddr = listening["bind"]
-        .as_str()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or_else(|| panic!("bind field is an address: {listening}"));
-    assert_ne!(bind.port(), 0, "the bound port is logged");
+    assert_eq!(listening["bind"], s.listen.to_string(), "{listening}");
+    assert_ne!(s.listen.port(), 0, "the bound port is logged");
+    // The access log (stdout) follows the flag too.
+    let access = s.access_line().await;
+    let v: serde_json::Value = serde_json::from_str(&access)
+        .unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {access}"));
+    assert_eq!(v["listener"], "front", "{access}");
+    assert_eq!(v["end"], "connect_failed", "{access}");
 
-    // Without the flag the default is text...
-    let (mut child, lines) = first_log_lines(dir.path(), &config, &[]).await;
-    child.kill().await.expect("kill");
-    let last = lines.last().expect("a line");
-    assert!(serde_json::from_str::<serde_json::Value>(last).is_err(), "{last}");
+    // Without the flag the default is text, without colour codes when not at a terminal...
+    let mut s = Serving::start(dir.path(), &config, &[]).await;
+    let last = s.lines.last().expect("a line").clone();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&last).is_err(),
+        "{last}"
+    );
     assert!(last.contains("listener=front"), "{last}");
-    assert!(!last.contains('\x1b'), "no colour codes when stderr is not a terminal: {last:?}");
+    assert!(!last.contains('\x1b'), "colour codes in {last:?}");
+    let access = s.access_line().await;
+    assert!(access.contains(" listener=front "), "{access}");
+    assert!(access.ends_with(" end=connect_failed"), "{access}");
 
-    // ...and the flag overrides `runtime.log_format`.
+    // ...and the flag overrides `runtime.log_format` both ways.
     let json_config = format!("[runtime]\nlog_format = \"json\"\n{config}");
-    let (mut child, lines) = first_log_lines(dir.path(), &json_config, &[]).await;
-    child.kill().await.expect("kill");
-    assert!(serde_json::from_str::<serde_json::Value>(lines.last().unwrap()).is_ok());
-    let (mut child, lines) =
-        first_log_lines(dir.path(), &json_config, &["--log-format", "text"]).await;
-    child.kill().await.expect("kill");
-    let last = lines.last().expect("a line");
-    assert!(serde_json::from_str::<serde_json::Value>(last).is_err(), "{last}");
+    let mut s = Serving::start(dir.path(), &json_config, &[]).await;
+    let last = s.lines.last().expect("a line");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(last).is_ok(),
+        "{last}"
+    );
+    s.child.kill().await.expect("kill");
+    let mut s = Serving::start(dir.path(), &json_config, &["--log-format", "text"]).await;
+    let last = s.lines.last().expect("a line").clone();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&last).is_err(),
+        "{last}"
+    );
+    let access = s.access_line().await;
+    assert!(access.ends_with(" end=connect_failed"), "{access}");
 }

@@ -388,7 +388,8 @@ impl Checker<'_> {
             let mut bind = None;
             if let Some(b) = self.required(l.bind.as_ref(), "bind", start, &label) {
                 bind = self.addr(b);
-                if let Some(addr) = bind {
+                // Port 0 asks the kernel for a free port, so two of them never collide.
+                if let Some(addr) = bind.filter(|a| a.port() != 0) {
                     let what = format!("listener bind address {addr}");
                     self.unique(&mut binds, addr, b.span().start, &what);
                 }
