@@ -118,8 +118,8 @@ impl Discovery {
     /// A resolver that asks exactly `server` (UDP, and TCP for truncated answers); no hosts file,
     /// no search list (names are taken as fully qualified).
     pub fn with_server(server: SocketAddr) -> Discovery {
-        // One server, so whether its negative answers are "trusted" (not retried elsewhere)
-        // changes nothing; true says that it is authoritative for us.
+        // "Trusted" negative answers are final rather than retried on another server: with a
+        // single server there is nowhere else to ask.
         let servers = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
         let config = ResolverConfig::from_parts(None, Vec::new(), servers);
         let mut builder =

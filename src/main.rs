@@ -234,7 +234,33 @@ async fn first_stop_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the open-files soft limit to the hard limit: every proxied connection needs two
+/// descriptors (four while bytes move through its pipes), and the usual soft default of 1024
+/// would cap splicer at a few hundred connections.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let (soft, hard) = (limit.current, limit.maximum);
+    if soft < hard {
+        let raised = rustix::process::Rlimit {
+            current: hard,
+            maximum: hard,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(soft = ?soft, hard = ?hard, now = ?hard, "raised the open-files limit")
+            }
+            Err(e) => {
+                tracing::warn!(soft = ?soft, hard = ?hard, error = %e, "cannot raise the open-files limit")
+            }
+        }
+    } else {
+        tracing::info!(soft = ?soft, hard = ?hard, "open-files limit");
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let bound = app::Bound::bind(&config)?;
     let running = app::start(config, bound).await?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;

@@ -137,6 +137,12 @@ const CONFIG_RELOADS: Counters<1> = Counters {
     labels: ["result"],
 };
 
+const DISCOVERY_FAILURES: Counters<1> = Counters {
+    name: "splicer_discovery_failures",
+    help: "DNS resolutions of a pool's discover name that failed; the last known members stayed.",
+    labels: ["pool"],
+};
+
 const ACCESS_LOG_DROPPED: Counters<0> = Counters {
     name: "splicer_access_log_dropped",
     help: "Access-log lines dropped because the log sink could not keep up (connections never wait for the log).",
@@ -344,6 +350,13 @@ impl Collector for Scrape {
         )?;
         let (ok, failed) = self.reloads;
         CONFIG_RELOADS.encode(&mut enc, [(["ok"], ok), (["error"], failed)])?;
+        DISCOVERY_FAILURES.encode(
+            &mut enc,
+            self.pools
+                .iter()
+                .filter(|p| p.config().discover.is_some())
+                .map(|p| ([&*p.name], p.discovery_failures())),
+        )?;
         ACCESS_LOG_DROPPED.encode(&mut enc, [([], self.access_log_dropped)])?;
         Ok(())
     }

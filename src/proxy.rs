@@ -154,8 +154,9 @@ impl Refused {
 struct Opening {
     /// The client as the access log, `client_hash` and our PROXY header see it.
     client: SocketAddr,
-    /// The address the client connected to (from the PROXY header, else our listener).
-    destination: SocketAddr,
+    /// The address the client connected to, when a PROXY header named it; otherwise it is our
+    /// socket's own address (looked up only when a PROXY header is sent).
+    destination: Option<SocketAddr>,
     /// SNI from the ClientHello, when routes exist and one was sent.
     sni: Option<Arc<str>>,
     /// Bytes read from the client that the backend must still receive.
@@ -171,7 +172,7 @@ async fn read_opening(
 ) -> Result<Opening, Refused> {
     let mut opening = Opening {
         client: peer,
-        destination: ctx.local_addr,
+        destination: None,
         sni: None,
         replay: Vec::new(),
     };
@@ -187,7 +188,7 @@ async fn read_opening(
                 Ok(proxy_protocol::Parsed::Done { header, consumed }) => {
                     if let proxy_protocol::ProxyHeader::Tcp { src, dst } = header {
                         opening.client = src;
-                        opening.destination = dst;
+                        opening.destination = Some(dst);
                     }
                     buf.drain(..consumed);
                     break;
@@ -249,7 +250,16 @@ async fn read_more(
 }
 
 /// The PROXY header for the backend, describing the client's connection.
-fn proxy_header_for(version: SendProxy, opening: &Opening) -> Option<Vec<u8>> {
+///
+/// Without a destination from an upstream header, it is the address this client reached: the
+/// accepted socket's own address, which for a wildcard bind (`0.0.0.0`, `[::]`) is not the
+/// listener's.
+fn proxy_header_for(
+    version: SendProxy,
+    opening: &Opening,
+    client: &TcpStream,
+    listener: SocketAddr,
+) -> Option<Vec<u8>> {
     let version = match version {
         SendProxy::Off => return None,
         SendProxy::V1 => proxy_protocol::Version::V1,
@@ -257,7 +267,9 @@ fn proxy_header_for(version: SendProxy, opening: &Opening) -> Option<Vec<u8>> {
     };
     let header = proxy_protocol::ProxyHeader::Tcp {
         src: opening.client,
-        dst: opening.destination,
+        dst: opening
+            .destination
+            .unwrap_or_else(|| client.local_addr().unwrap_or(listener)),
     };
     Some(proxy_protocol::encode(version, &header))
 }
@@ -324,7 +336,7 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
     let traffic = Traffic::default();
 
     // Our PROXY header first, then the bytes the client already sent, then the live stream.
-    let header = proxy_header_for(pool.config().send_proxy, &opening);
+    let header = proxy_header_for(pool.config().send_proxy, &opening, &client, ctx.local_addr);
     let mut preamble = header.unwrap_or_default();
     preamble.extend_from_slice(&opening.replay);
     if !preamble.is_empty() {

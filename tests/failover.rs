@@ -351,14 +351,15 @@ async fn stopped_node_leaves_and_returns() {
     );
 }
 
-/// A machine hangs (`/hang`: the kernel still accepts TCP, the server never answers).
+/// A machine hangs (`/hang`: its listener still accepts TCP, the server never answers).
 ///
 /// What a client sees: its TCP connect to splicer succeeds, and so does splicer's connect to
-/// the hung node (the kernel accepts for it), so no retry can help; the client's ClientHello is
+/// the hung node, so there is no failure a retry could react to; the client's ClientHello is
 /// passed on and no ServerHello ever comes back. The client waits until its own timeout (here
 /// `REQUEST_TIMEOUT`; splicer's `idle_timeout` is off by default). This hits the requests sent
 /// to the node between the hang and its removal, and those in flight on it when it hung; every
-/// request started after the node is `down` succeeds.
+/// request started after the node is `down` succeeds. (A check stalled by the hang fails at
+/// `timeout`, so detection takes as long as for a silent machine.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_node_leaves_and_only_its_window_fails() {
     let rig = rig(3).await;

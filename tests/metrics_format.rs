@@ -506,7 +506,7 @@ fn parser_rejects_what_openmetrics_forbids() {
 }
 
 /// Every family of the contract: (name, type, label names of its samples).
-const FAMILIES: [(&str, &str, &[&str]); 16] = [
+const FAMILIES: [(&str, &str, &[&str]); 17] = [
     ("splicer_backend_up", "gauge", &["pool", "backend"]),
     (
         "splicer_backend_state",
@@ -558,6 +558,7 @@ const FAMILIES: [(&str, &str, &[&str]); 16] = [
         &["pool", "backend", "service"],
     ),
     ("splicer_config_reloads", "counter", &["result"]),
+    ("splicer_discovery_failures", "counter", &["pool"]),
     ("splicer_access_log_dropped", "counter", &[]),
 ];
 

@@ -126,6 +126,8 @@ pub struct DiscoverFile {
     pub port: Option<Spanned<i64>>,
     /// Duration string: how often to re-resolve.
     pub every: Option<Spanned<String>>,
+    /// `ip:port` of the DNS server to ask instead of the system's resolvers.
+    pub server: Option<Spanned<String>>,
 }
 
 /// `[pool.cluster_health]`.
@@ -229,7 +231,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "cluster_health",
         ],
     ),
-    ("discover", &["dns", "port", "every"]),
+    ("discover", &["dns", "port", "every", "server"]),
     ("[pool.cluster_health]", &["path", "interval"]),
     (
         "[pool.health]",

@@ -280,6 +280,8 @@ pub struct DiscoverConfig {
     pub port: u16,
     /// Re-resolution period.
     pub every: Duration,
+    /// DNS server to ask; `None` = the system's (`/etc/resolv.conf`, `/etc/hosts`).
+    pub server: Option<SocketAddr>,
 }
 
 /// `[pool.cluster_health]`.

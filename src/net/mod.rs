@@ -5,3 +5,5 @@ pub mod connect;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod pump;
+#[cfg(target_os = "linux")]
+pub mod splice;

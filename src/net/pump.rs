@@ -143,7 +143,9 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-async fn copy_direction(
+/// Copies one direction through a userspace buffer: on platforms without splice(2), and when no
+/// pipe can be had (out of file descriptors).
+async fn copy_direction_userspace(
     from: &TcpStream,
     to: &TcpStream,
     counter: &AtomicU64,
@@ -178,6 +180,79 @@ async fn copy_direction(
             }
         }
     }
+}
+
+/// Copies one direction with splice(2): bytes go socket → pipe → socket inside the kernel.
+#[cfg(target_os = "linux")]
+async fn copy_direction(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    on_bytes: &(dyn Fn(u64) + Sync),
+    activity: Option<&Activity>,
+) -> DirEnd {
+    use super::splice::{self, PIPE_CHUNK};
+    loop {
+        if from.readable().await.is_err() {
+            return DirEnd::SourceReset;
+        }
+        let pipe = match splice::take() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipe for splice; copying through userspace");
+                return copy_direction_userspace(from, to, counter, on_bytes, activity).await;
+            }
+        };
+        loop {
+            match splice::fill(from, &pipe, PIPE_CHUNK) {
+                Ok(0) => {
+                    splice::give_back(pipe);
+                    let _ = SockRef::from(to).shutdown(Shutdown::Write);
+                    return DirEnd::Eof;
+                }
+                Ok(n) => {
+                    if let Some(a) = activity {
+                        a.touch();
+                    }
+                    let mut left = n;
+                    while left > 0 {
+                        // On an error the pipe (still holding bytes) is dropped, not pooled.
+                        if to.writable().await.is_err() {
+                            return DirEnd::DestReset;
+                        }
+                        match splice::drain(&pipe, to, left) {
+                            Ok(0) => return DirEnd::DestReset,
+                            Ok(m) => {
+                                left -= m;
+                                counter.fetch_add(m as u64, Ordering::Relaxed);
+                                on_bytes(m as u64);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(_) => return DirEnd::DestReset,
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    splice::give_back(pipe);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return DirEnd::SourceReset,
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn copy_direction(
+    from: &TcpStream,
+    to: &TcpStream,
+    counter: &AtomicU64,
+    on_bytes: &(dyn Fn(u64) + Sync),
+    activity: Option<&Activity>,
+) -> DirEnd {
+    copy_direction_userspace(from, to, counter, on_bytes, activity).await
 }
 
 /// What ends a connection early besides its own peers.

@@ -117,6 +117,7 @@ pub struct Pool {
     finished: AtomicBool,
     shared_outage: ArcSwap<Vec<String>>,
     cluster_health: ArcSwap<Option<ClusterHealth>>,
+    discovery_failures: Arc<std::sync::atomic::AtomicU64>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
@@ -154,6 +155,11 @@ impl Pool {
     /// Only the cluster-health task records results.
     pub(crate) fn set_cluster_health(&self, result: ClusterHealth) {
         self.cluster_health.store(Arc::new(Some(result)));
+    }
+
+    /// DNS resolutions that failed (pools with `discover`); the last known members stayed.
+    pub fn discovery_failures(&self) -> u64 {
+        self.discovery_failures.load(Ordering::Relaxed)
     }
 
     /// Whether a reload removed this pool (it drains, then disappears).

@@ -17,7 +17,8 @@ use super::{
     AdminAction, AdminError, Backend, BackendState, CheckRecord, Command, LiveSet, Pool,
     Reconfigured,
 };
-use crate::config::{CheckKind, PoolConfig};
+use crate::config::{CheckKind, PoolConfig, SendProxy};
+use crate::discovery::Discovery;
 use crate::health::probe::{ProbeSetupError, Prober};
 use crate::health::quay::{self, Services};
 use crate::health::state::{HealthState, Transition};
@@ -81,13 +82,32 @@ impl Slot {
     }
 }
 
+/// The next member list from a discovery task, or never when the pool has none.
+async fn next_members(rx: &mut Option<mpsc::Receiver<Vec<SocketAddr>>>) -> Option<Vec<SocketAddr>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The PROXY header checks send: checks on the data port get the pool's; checks on another
+/// `port` reach another listener of the backend (Quay: 8443 plain TLS while traffic goes to
+/// 7443 with the PROXY protocol), which does not expect one.
+fn check_send_proxy(config: &PoolConfig) -> SendProxy {
+    if config.health.port == 0 {
+        config.send_proxy
+    } else {
+        SendProxy::Off
+    }
+}
+
 fn new_prober(config: &PoolConfig) -> Result<Option<Arc<Prober>>, ProbeSetupError> {
     if config.health.check == CheckKind::None {
         return Ok(None);
     }
     Ok(Some(Arc::new(Prober::with_send_proxy(
         &config.health,
-        config.send_proxy,
+        check_send_proxy(config),
     )?)))
 }
 
@@ -115,6 +135,9 @@ fn ramp_step(ramp: Duration) -> Duration {
     (ramp / 20).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
+/// Longest the start-up round waits for a discovered pool's first DNS answer.
+const DNS_STARTUP_WAIT: Duration = Duration::from_secs(5);
+
 /// Builds the pool and spawns its supervisor (and one check task per backend) on `tasks`; all
 /// stop when `stop` is cancelled. With `initial`, one passing check is enough to be up (the
 /// start-up round); otherwise (a pool added by reload) backends need `rise` passes.
@@ -138,6 +161,7 @@ pub fn start(
         finished: Default::default(),
         shared_outage: Default::default(),
         cluster_health: Default::default(),
+        discovery_failures: Default::default(),
         commands: commands_tx,
     });
     let (reports_tx, reports_rx) = mpsc::channel(config.backends.len().max(1) * 2);
@@ -155,16 +179,24 @@ pub fn start(
         refusing: false,
         retired: false,
         cluster: None,
+        discovery: None,
+        new_members: None,
     };
     supervisor.start_cluster_health();
+    supervisor.start_discovery();
     for b in &config.backends {
         supervisor.add_slot(b.address, b.weight, initial);
     }
     supervisor.publish();
-    if !initial || supervisor.prober.is_none() {
+    let discovered = config.discover.is_some();
+    // A discovered pool's start-up round ends once its first members were checked.
+    if !initial || (supervisor.prober.is_none() && !discovered) {
         supervisor.finish_initial_round();
     }
-    let deadline = config.health.timeout + Duration::from_millis(250);
+    let mut deadline = config.health.timeout + Duration::from_millis(250);
+    if let Some(d) = &config.discover {
+        deadline += d.every.min(DNS_STARTUP_WAIT);
+    }
     tasks.spawn(supervisor.run(reports_rx, commands_rx, stop, deadline));
     Ok(Started {
         pool,
@@ -187,6 +219,10 @@ struct Supervisor {
     retired: bool,
     /// Stops the `[pool.cluster_health]` task.
     cluster: Option<CancellationToken>,
+    /// Stops the DNS discovery task.
+    discovery: Option<CancellationToken>,
+    /// A new discovery task's member lists, picked up by the run loop.
+    new_members: Option<mpsc::Receiver<Vec<SocketAddr>>>,
 }
 
 impl Supervisor {
@@ -199,6 +235,7 @@ impl Supervisor {
     ) {
         let initial_timer = tokio::time::sleep(initial_deadline);
         tokio::pin!(initial_timer);
+        let mut members: Option<mpsc::Receiver<Vec<SocketAddr>>> = None;
         let mut tick = tokio::time::interval(DRAIN_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -209,6 +246,9 @@ impl Supervisor {
             // The tick alone would cut up to DRAIN_TICK late; wake at the deadline itself.
             let cut_due = self.next_cut_deadline();
             let ramping = self.slots.iter().any(|s| s.ramp_from.is_some());
+            if let Some(rx) = self.new_members.take() {
+                members = Some(rx);
+            }
             let ramp_tick = ramp_step(self.config.slow_start.unwrap_or_default());
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -217,6 +257,7 @@ impl Supervisor {
                 }
                 Some(report) = reports.recv() => self.on_report(report),
                 Some(command) = commands.recv() => self.on_command(command),
+                Some(list) = next_members(&mut members) => self.on_discovered(list),
                 _ = tick.tick(), if draining => self.on_drain_tick(),
                 _ = sleep_until_some(cut_due), if cut_due.is_some() => self.on_drain_tick(),
                 _ = tokio::time::sleep(ramp_tick), if ramping => self.publish(),
@@ -226,6 +267,56 @@ impl Supervisor {
                 self.pool.finished.store(true, Ordering::Relaxed);
                 return;
             }
+        }
+    }
+
+    /// (Re)starts DNS discovery when the pool has `discover`.
+    fn start_discovery(&mut self) {
+        if let Some(token) = self.discovery.take() {
+            token.cancel();
+        }
+        let Some(d) = self.config.discover.clone() else {
+            return;
+        };
+        let discovery = match d.server {
+            Some(server) => Discovery::with_server(server),
+            None => match Discovery::system() {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(pool = %self.pool.name, error = %e,
+                        "cannot set up DNS discovery: the pool has no members");
+                    return;
+                }
+            },
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let token = self.stop.child_token();
+        self.tasks.spawn(crate::discovery::run(
+            Arc::new(discovery),
+            self.pool.name.clone(),
+            d,
+            tx,
+            self.pool.discovery_failures.clone(),
+            token.clone(),
+        ));
+        self.discovery = Some(token);
+        self.new_members = Some(rx);
+    }
+
+    /// A new member list from DNS: new addresses start down (needing `rise` passes, or one
+    /// pass during the start-up round), vanished ones drain.
+    fn on_discovered(&mut self, list: Vec<SocketAddr>) {
+        let initial = self.initial_done.is_some();
+        let wanted = list.into_iter().map(|a| (a, 1)).collect();
+        let changes = self.set_members(wanted, initial);
+        for a in &changes.added {
+            tracing::info!(pool = %self.pool.name, backend = %a, "backend discovered: starts down");
+        }
+        for a in &changes.removed {
+            tracing::info!(pool = %self.pool.name, backend = %a, "backend gone from DNS: draining");
+        }
+        if initial && (self.prober.is_none() || self.slots.iter().all(|s| !s.initial_pending)) {
+            self.finish_initial_round();
         }
     }
 
@@ -299,7 +390,7 @@ impl Supervisor {
         }
         // One probe must end before the next begins.
         health.timeout = health.timeout.min(cluster.interval);
-        match Prober::with_send_proxy(&health, self.config.send_proxy) {
+        match Prober::with_send_proxy(&health, check_send_proxy(&self.config)) {
             Ok(prober) => {
                 let token = self.stop.child_token();
                 self.tasks.spawn(crate::health::cluster::run(
@@ -518,6 +609,7 @@ impl Supervisor {
 
     fn reconfigure(&mut self, new: PoolConfig, drain_timeout: Duration) -> Reconfigured {
         self.drain_timeout = drain_timeout;
+        let old_discover = self.config.discover.clone();
         let health_changed =
             new.health != self.config.health || new.send_proxy != self.config.send_proxy;
         let cluster_changed = new.cluster_health != self.config.cluster_health;
@@ -552,13 +644,40 @@ impl Supervisor {
                 }
             }
         }
+        let discover_changed = self.config.discover != old_discover;
+        let changes = if self.config.discover.is_some() {
+            // Members come from DNS; a changed `discover` restarts the lookups, and the current
+            // members stay until the first new answer.
+            if discover_changed {
+                self.start_discovery();
+            }
+            Reconfigured::default()
+        } else {
+            if discover_changed {
+                self.start_discovery();
+            }
+            let wanted = self
+                .config
+                .backends
+                .iter()
+                .map(|b| (b.address, b.weight))
+                .collect();
+            self.set_members(wanted, false)
+        };
+        for a in &changes.added {
+            tracing::info!(pool = %self.pool.name, backend = %a, "backend added by reload: starts down");
+        }
+        for a in &changes.removed {
+            tracing::info!(pool = %self.pool.name, backend = %a, "backend removed by reload: draining");
+        }
+        self.publish();
+        changes
+    }
+
+    /// Makes the members exactly `wanted` (address, weight): kept ones keep their state, new
+    /// ones start down, missing ones drain. Publishes.
+    fn set_members(&mut self, wanted: Vec<(SocketAddr, u32)>, initial: bool) -> Reconfigured {
         let mut changes = Reconfigured::default();
-        let wanted: Vec<(SocketAddr, u32)> = self
-            .config
-            .backends
-            .iter()
-            .map(|b| (b.address, b.weight))
-            .collect();
         for &(address, weight) in &wanted {
             match self.slot_index(address) {
                 Some(i) => {
@@ -573,7 +692,7 @@ impl Supervisor {
                     }
                 }
                 None => {
-                    self.add_slot(address, weight, false);
+                    self.add_slot(address, weight, initial);
                     changes.added.push(address);
                 }
             }
@@ -598,12 +717,6 @@ impl Supervisor {
                 .unwrap_or(usize::MAX)
         };
         self.slots.sort_by_key(order);
-        for a in &changes.added {
-            tracing::info!(pool = %self.pool.name, backend = %a, "backend added by reload: starts down");
-        }
-        for a in &changes.removed {
-            tracing::info!(pool = %self.pool.name, backend = %a, "backend removed by reload: draining");
-        }
         self.publish();
         changes
     }
@@ -611,6 +724,9 @@ impl Supervisor {
     fn retire(&mut self, drain_timeout: Duration) {
         self.retired = true;
         if let Some(token) = self.cluster.take() {
+            token.cancel();
+        }
+        if let Some(token) = self.discovery.take() {
             token.cancel();
         }
         let deadline = Instant::now() + drain_timeout;

@@ -43,7 +43,10 @@ where
         if cond().await {
             return;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -122,7 +125,9 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u1
         s.read_to_end(&mut buf).await.expect("read");
         parse_response(&buf)
     };
-    tokio::time::timeout(WAIT, fut).await.expect("http exchange timed out")
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("http exchange timed out")
 }
 
 /// Parses a `Connection: close` HTTP/1.1 response (no chunking support needed by our servers
@@ -135,8 +140,14 @@ pub fn parse_response(buf: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
 }
 
@@ -248,9 +259,12 @@ pub async fn https_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, St
         }
         Ok(parse_response(&buf))
     };
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "https_get timed out")))
+    tokio::time::timeout(WAIT, fut).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "https_get timed out",
+        ))
+    })
 }
 
 /// Which node answered `GET /` through `addr` (`"node-2"`), or the error.
@@ -260,4 +274,182 @@ pub async fn which_node(addr: SocketAddr) -> std::io::Result<String> {
         return Err(std::io::Error::other(format!("status {code}")));
     }
     Ok(body.trim().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the reload, drain, admin-action and access-log tests.
+
+/// splicer in-process, started from the config file at `path` (so a reload re-reads it);
+/// listeners and admin should bind port 0, and the file must have an `[admin]` table.
+pub async fn start_splicer_file(path: &Path) -> Splicer {
+    init_logs();
+    let config = config::load(path).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+    let first = config.listeners[0].name.clone();
+    let bound = app::Bound::bind(&config).expect("bind");
+    let running = app::start(config, bound).await.expect("start");
+    let addr = running.listener_addr(&first).expect("listener addr");
+    let admin = running.admin_addr().expect("admin addr");
+    Splicer {
+        running: Some(running),
+        addr,
+        admin,
+    }
+}
+
+/// A loopback port that was free a moment ago (bind port 0, read it, close).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+/// The value of the sample `series` (name plus labels exactly as printed, e.g.
+/// `splicer_config_reloads_total{result="ok"}`) in a `/metrics` text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// `GET /metrics` of the admin API at `admin`, as text.
+pub async fn metrics_text(admin: SocketAddr) -> String {
+    let (code, body) = http(admin, "GET", "/metrics", "").await;
+    assert_eq!(code, 200, "/metrics answered {code}: {body}");
+    body
+}
+
+/// An HTTP exchange that reports a refused or failed connection instead of panicking.
+pub async fn try_http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(parse_response(&buf))
+    };
+    tokio::time::timeout(WAIT, fut).await.ok().flatten()
+}
+
+/// `splicer run -c FILE` as a child process (killed when dropped), its stderr collected.
+pub struct SplicerProcess {
+    /// The child; its stdout is piped and left for the test to read (or not).
+    pub child: tokio::process::Child,
+    /// Its pid, for signals.
+    pub pid: i32,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Listener addresses, in the order given to the config builder.
+    pub listeners: Vec<SocketAddr>,
+    /// The config file (rewrite it, then SIGHUP, to reload).
+    pub config: std::path::PathBuf,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl SplicerProcess {
+    /// Starts `splicer run` on free loopback ports: `make_config(admin, listeners)` returns the
+    /// file's text for an admin address and `listeners` listener addresses. Waits until
+    /// `/status` lists every listener (they open after the start-up health round). A port
+    /// taken between finding and binding it is retried with other ones.
+    pub async fn start(
+        listeners: usize,
+        make_config: impl Fn(SocketAddr, &[SocketAddr]) -> String,
+    ) -> SplicerProcess {
+        use tokio::io::AsyncBufReadExt;
+        for _ in 0..5 {
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let addrs: Vec<SocketAddr> = (0..listeners)
+                .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+                .collect();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("splicer.toml");
+            std::fs::write(&path, make_config(admin, &addrs)).expect("write config");
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"))
+                .arg("run")
+                .arg("-c")
+                .arg(&path)
+                .env_remove("SPLICER_CONFIG")
+                .env("RUST_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("splicer starts");
+            let pid = child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .expect("a pid");
+            let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+            let sink = stderr.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(mut l) = sink.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+            let mut p = SplicerProcess {
+                child,
+                pid,
+                admin,
+                listeners: addrs,
+                config: path,
+                stderr,
+                _dir: dir,
+            };
+            let started = Instant::now();
+            loop {
+                if let Some(status) = p.child.try_wait().expect("poll splicer") {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let log = p.log();
+                    if status.code() == Some(1) && log.contains("in use") {
+                        break; // a port was taken meanwhile: try other ones
+                    }
+                    panic!("splicer exited during start-up ({status}); log:\n{log}");
+                }
+                if let Some((200, body)) = try_http(admin, "GET", "/status").await {
+                    let s: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
+                    if s["listeners"].as_array().map_or(0, Vec::len) == listeners {
+                        return p;
+                    }
+                }
+                assert!(
+                    started.elapsed() < WAIT,
+                    "splicer not serving within {WAIT:?}; log:\n{}",
+                    p.log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("could not find free ports for splicer in 5 tries");
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our child, not yet
+        // reaped (the handle is alive), so it cannot name another process.
+        let rc = unsafe { libc::kill(self.pid, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid);
+    }
+
+    /// SIGTERM, then waits (bounded by [`WAIT`]) for the exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        match tokio::time::timeout(WAIT, self.child.wait()).await {
+            Ok(status) => status.expect("wait for splicer"),
+            Err(_) => panic!("splicer did not exit within {WAIT:?}; log:\n{}", self.log()),
+        }
+    }
 }

@@ -185,10 +185,12 @@ impl Checker<'_> {
             None => 443,
         };
         let every = self.positive_duration(d.every.as_ref(), "every", Duration::from_secs(10));
+        let server = d.server.as_ref().and_then(|s| self.addr(s));
         Some(DiscoverConfig {
             dns: name,
             port: u16::try_from(port).unwrap_or(443),
             every,
+            server,
         })
     }
 
