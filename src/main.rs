@@ -211,26 +211,45 @@ fn status(admin: &str) -> ExitCode {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once with code 1.
+/// SIGTERM and SIGINT handlers, installed before anything starts so that a signal during
+/// start-up is handled rather than killing the process with the default action.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT; a second one exits at once with code 1.
+    async fn first(mut self) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "stop requested; a second signal exits at once"
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+            tracing::warn!("second stop signal: exiting now");
+            std::process::exit(i32::from(EXIT_RUNTIME));
+        });
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT (for the rig and the demo).
 async fn first_stop_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(
-        signal = name,
-        "stop requested; a second signal exits at once"
-    );
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second stop signal: exiting now");
-        std::process::exit(i32::from(EXIT_RUNTIME));
-    });
+    StopSignals::install()?.first().await;
     Ok(())
 }
 
@@ -261,14 +280,14 @@ fn raise_fd_limit() {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let stop = StopSignals::install()?.first();
     let bound = app::Bound::bind(&config)?;
     let running = app::start(config, bound).await?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let stop = first_stop_signal();
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            r = &mut stop => { r?; break; }
+            () = &mut stop => break,
             _ = hup.recv() => {
                 tracing::info!(signal = "SIGHUP", "reloading the config");
                 // The outcome (and every error) is logged by the reload itself.

@@ -102,8 +102,16 @@ fn is_authorized(state: &AppState, req: &Request<Incoming>) -> bool {
     };
     req.headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer_credentials(v.as_bytes()))
         .is_some_and(|given| token.matches(given))
+}
+
+/// The credentials of a `Bearer` authorization value; the scheme name is case-insensitive
+/// (RFC 9110 §11.1), so `bearer <token>` is accepted as well.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    let (scheme, rest) = value.split_at_checked(SCHEME.len())?;
+    scheme.eq_ignore_ascii_case(SCHEME).then_some(rest)
 }
 
 async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
