@@ -136,7 +136,7 @@ fn each_rule_reports_one_problem_at_its_place() {
         case("missing pool", format!("[[listener]]\nname = \"l\"\nbind = \"0.0.0.0:443\"\npool = \"nope\"\n{P}"), 4, 8,
              "listener names pool \"nope\", which is not defined; defined pools: p"),
         case("hostname", format!("{P}[[listener]]\nname = \"l\"\nbind = \"quay.internal:443\"\npool = \"p\"\n"), 6, 8,
-             "is a hostname; this version accepts only IP addresses"),
+             "is a hostname; write ip:port"),
         case("no port", backends("[\"10.0.0.1\"]"), 7, 13, "address \"10.0.0.1\" has no port"),
         case("IPv6 without brackets", backends("[\"fe80::1:99999\"]"), 7, 13, "in brackets"),
         case("backend port 0", backends("[\"10.0.0.1:0\"]"), 7, 13, "has port 0"),

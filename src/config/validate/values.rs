@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::config::StatusMatcher;
 
 /// Parses `ip:port` (IPv6 in brackets); hostnames are refused with a hint, since this version
-/// resolves nothing (a later version's `pool.discover` does DNS).
+/// resolves nothing here (names belong in `pool.discover`, which re-resolves them).
 pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
         return Ok(addr);
@@ -41,8 +41,8 @@ pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if bare.parse::<IpAddr>().is_err() && looks_like_hostname(bare) {
             return Err(format!(
-                "address \"{s}\" is a hostname; this version accepts only IP addresses \
-                 (ip:port, e.g. \"10.0.0.11:443\")"
+                "address \"{s}\" is a hostname; write ip:port (e.g. \"10.0.0.11:443\"), or use \
+                 discover = {{ dns = \"...\", port = ... }} for members found through DNS"
             ));
         }
     }
