@@ -13,47 +13,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use common::{metric_value, metrics_text, wait_until, SplicerProcess, WAIT};
+use common::{
+    collect_lines, dead_addr, metric_value, metrics_text, wait_until, SplicerProcess, TestServer,
+    WAIT,
+};
 
 /// What the echo backend adds after the client's EOF, so the two directions differ.
 const TRAILER: &[u8] = b"-- end of echo --";
 
 /// A TCP backend that echoes what it reads and, at the client's EOF, sends [`TRAILER`].
-struct Echo {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Echo {
-    async fn start() -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = stream.into_split();
-                    // Health checks connect and leave: their errors are of no interest.
-                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                        let _ = w.write_all(TRAILER).await;
-                        let _ = w.shutdown().await;
-                    }
-                });
-            }
-        });
-        Echo { addr, task }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+async fn echo_backend() -> TestServer {
+    TestServer::start(|stream, _| async move {
+        let (mut r, mut w) = stream.into_split();
+        // Health checks connect and leave: their errors are of no interest.
+        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+            let _ = w.write_all(TRAILER).await;
+            let _ = w.shutdown().await;
+        }
+    })
+    .await
 }
 
 /// `n` deterministic bytes.
@@ -105,15 +87,7 @@ fn config(admin: SocketAddr, listen: SocketAddr, backend: SocketAddr, runtime: &
 /// Collects the child's stdout, line by line as it appears.
 fn collect_stdout(proc: &mut SplicerProcess) -> (Arc<Mutex<Vec<String>>>, JoinHandle<()>) {
     let out = Arc::new(Mutex::new(Vec::new()));
-    let mut lines = BufReader::new(proc.child.stdout.take().expect("stdout")).lines();
-    let sink = out.clone();
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(mut l) = sink.lock() {
-                l.push(line);
-            }
-        }
-    });
+    let reader = collect_lines(proc.child.stdout.take().expect("stdout"), out.clone());
     (out, reader)
 }
 
@@ -171,7 +145,7 @@ async fn wait_lines(lines: &Arc<Mutex<Vec<String>>>, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_lines_have_the_documented_layout_and_byte_counts() {
-    let echo = Echo::start().await;
+    let echo = echo_backend().await;
     let mut proc = SplicerProcess::start(1, |admin, l| {
         config(
             admin,
@@ -244,7 +218,7 @@ async fn text_lines_have_the_documented_layout_and_byte_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_have_the_same_fields() {
-    let echo = Echo::start().await;
+    let echo = echo_backend().await;
     let mut proc = SplicerProcess::start(1, |admin, l| {
         config(
             admin,
@@ -309,7 +283,7 @@ async fn json_lines_have_the_same_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_false_writes_nothing() {
-    let echo = Echo::start().await;
+    let echo = echo_backend().await;
     let mut proc = SplicerProcess::start(1, |admin, l| {
         config(admin, l[0], echo.addr, "access_log = false\n")
     })
@@ -350,11 +324,8 @@ async fn a_stalled_sink_drops_lines_but_never_delays_connections() {
     const FLOODERS: usize = 32;
     const EXCHANGES: usize = 5_000;
     const CLIENTS: usize = 16;
-    let echo = Echo::start().await;
-    let dead = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let echo = echo_backend().await;
+    let dead = dead_addr().await;
     // stdout is piped and never read: once the pipe and the queue are full, the writer is
     // stuck for good. "flood" refuses every connection at once (its only backend is down and
     // it does not fail open), the cheapest way to produce access-log lines.

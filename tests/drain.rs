@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use common::{
-    http, start_splicer, start_splicer_file, status, wait_until, Splicer, SplicerProcess, WAIT,
+    backends_toml, collect_lines, http, read_go, start_splicer, start_splicer_file, status,
+    wait_until, write_chunks, ConfigFile, Splicer, SplicerProcess, TestServer, WAIT,
 };
 
 /// Bytes per chunk.
@@ -30,66 +30,23 @@ const CHUNK_EVERY: Duration = Duration::from_millis(50);
 // ---------------------------------------------------------------------------------------------
 // The streaming backend and its client.
 
-struct StreamBackend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl StreamBackend {
-    async fn start() -> StreamBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
+/// A backend that answers `GO <n>\n` with `<addr>\n` and `n` chunks (chunk `i` all bytes
+/// `i % 256`), then a clean close. Health checks send nothing and are simply closed.
+async fn stream_backend() -> TestServer {
+    TestServer::start(|mut stream, me| async move {
+        let Some(chunks) = read_go(&mut stream).await else {
+            return;
+        };
+        if stream
+            .write_all(format!("{me}\n").as_bytes())
             .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, addr));
-            }
-        });
-        StreamBackend { addr, task }
-    }
-}
-
-impl Drop for StreamBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// `GO <n>\n` → `<addr>\n` and `n` chunks (chunk `i` all bytes `i % 256`), then a clean close.
-/// Health checks send nothing and are simply closed.
-async fn serve(mut stream: TcpStream, me: SocketAddr) {
-    let mut request = Vec::new();
-    let mut byte = [0u8; 1];
-    while !request.ends_with(b"\n") && request.len() < 64 {
-        match stream.read(&mut byte).await {
-            Ok(1) => request.push(byte[0]),
-            _ => return,
-        }
-    }
-    let Some(chunks) = std::str::from_utf8(&request)
-        .ok()
-        .and_then(|r| r.trim().strip_prefix("GO "))
-        .and_then(|n| n.parse::<usize>().ok())
-    else {
-        return;
-    };
-    if stream
-        .write_all(format!("{me}\n").as_bytes())
-        .await
-        .is_err()
-    {
-        return;
-    }
-    for i in 0..chunks {
-        if i > 0 {
-            tokio::time::sleep(CHUNK_EVERY).await;
-        }
-        if stream.write_all(&[(i % 256) as u8; CHUNK]).await.is_err() {
+            .is_err()
+        {
             return;
         }
-    }
-    let _ = stream.shutdown().await;
+        write_chunks(&mut stream, chunks, CHUNK, CHUNK_EVERY).await;
+    })
+    .await
 }
 
 /// A transfer through splicer with the backend's address line read.
@@ -202,15 +159,14 @@ async fn transfer_to(addr: SocketAddr, backend: SocketAddr, chunks: usize) -> Tr
 // Config and admin helpers.
 
 fn config(backends: &[SocketAddr], drain_timeout: &str, rise: u32) -> String {
-    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n\n\
          [runtime]\naccess_log = false\ndrain_timeout = \"{drain_timeout}\"\n\n\
          [[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\n\
-         [[pool]]\nname = \"p\"\nbalance = \"round_robin\"\nbackends = [{}]\n\n\
+         [[pool]]\nname = \"p\"\nbalance = \"round_robin\"\nbackends = {}\n\n\
          [pool.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"90ms\"\n\
          rise = {rise}\nfall = 1\n",
-        list.join(", ")
+        backends_toml(backends)
     )
 }
 
@@ -254,8 +210,8 @@ async fn wait_state(admin: SocketAddr, addr: SocketAddr, want: &str) {
     .await;
 }
 
-async fn two_up(drain_timeout: &str, rise: u32) -> (Splicer, StreamBackend, StreamBackend) {
-    let (s1, s2) = (StreamBackend::start().await, StreamBackend::start().await);
+async fn two_up(drain_timeout: &str, rise: u32) -> (Splicer, TestServer, TestServer) {
+    let (s1, s2) = (stream_backend().await, stream_backend().await);
     let splicer = start_splicer(&config(&[s1.addr, s2.addr], drain_timeout, rise)).await;
     wait_state(splicer.admin, s1.addr, "up").await;
     wait_state(splicer.admin, s2.addr, "up").await;
@@ -453,16 +409,14 @@ async fn disable_stops_checks_and_rotation_and_enable_needs_rise() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_changed_by_reload_applies_to_the_next_drain() {
-    let (s1, s2) = (StreamBackend::start().await, StreamBackend::start().await);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("splicer.toml");
-    std::fs::write(&path, config(&[s1.addr, s2.addr], "30s", 1)).expect("write");
-    let mut splicer = start_splicer_file(&path).await;
+    let (s1, s2) = (stream_backend().await, stream_backend().await);
+    let file = ConfigFile::new(&config(&[s1.addr, s2.addr], "30s", 1));
+    let mut splicer = start_splicer_file(&file.path).await;
     wait_state(splicer.admin, s1.addr, "up").await;
     wait_state(splicer.admin, s2.addr, "up").await;
 
     // Only runtime.drain_timeout changes; it applies at once (admin-api.md "Reload").
-    std::fs::write(&path, config(&[s1.addr, s2.addr], "300ms", 1)).expect("write");
+    file.write(&config(&[s1.addr, s2.addr], "300ms", 1));
     let (code, body) = http(splicer.admin, "POST", "/reload", "").await;
     assert_eq!(code, 200, "{body}");
 
@@ -482,21 +436,13 @@ async fn drain_timeout_changed_by_reload_applies_to_the_next_drain() {
 /// The access log of a `splicer run` child, line by line as it appears.
 fn collect_stdout(proc: &mut SplicerProcess) -> Arc<Mutex<Vec<String>>> {
     let out = Arc::new(Mutex::new(Vec::new()));
-    let mut lines = BufReader::new(proc.child.stdout.take().expect("stdout")).lines();
-    let sink = out.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(mut l) = sink.lock() {
-                l.push(line);
-            }
-        }
-    });
+    collect_lines(proc.child.stdout.take().expect("stdout"), out.clone());
     out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_is_logged_as_drained() {
-    let (s1, s2) = (StreamBackend::start().await, StreamBackend::start().await);
+    let (s1, s2) = (stream_backend().await, stream_backend().await);
     let mut proc = SplicerProcess::start(1, |admin, l| {
         format!(
             "[admin]\nbind = \"{admin}\"\n\n\

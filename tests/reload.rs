@@ -13,19 +13,19 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use common::{
-    free_port, http, metric_value, metrics_text, start_splicer_file, status, wait_until, Splicer,
-    SplicerProcess, WAIT,
+    backends_toml, dead_addr, free_port, http, metric_value, metrics_text, start_splicer_file,
+    status, wait_until, ConfigFile, Splicer, SplicerProcess, TestServer, WAIT,
 };
 
 /// Bound on one client exchange.
@@ -35,45 +35,18 @@ const EXCHANGE_LIMIT: Duration = Duration::from_secs(10);
 // Backends and clients.
 
 /// A TCP backend that writes `<its address>\n` on every connection, then echoes until EOF.
-struct Backend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Backend {
-    async fn start() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = stream.into_split();
-                    if w.write_all(format!("{addr}\n").as_bytes()).await.is_err() {
-                        return;
-                    }
-                    // Health checks connect and leave; their errors are of no interest.
-                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                        let _ = w.shutdown().await;
-                    }
-                });
-            }
-        });
-        Backend { addr, task }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A loopback address nothing listens on.
-async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr")
+async fn greeting_backend() -> TestServer {
+    TestServer::start(|stream, addr| async move {
+        let (mut r, mut w) = stream.into_split();
+        if w.write_all(format!("{addr}\n").as_bytes()).await.is_err() {
+            return;
+        }
+        // Health checks connect and leave; their errors are of no interest.
+        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+            let _ = w.shutdown().await;
+        }
+    })
+    .await
 }
 
 async fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
@@ -238,26 +211,6 @@ fn config_text(listeners: &[(&str, &str, &str, &str)], pools: &[PoolSpec<'_>]) -
     t
 }
 
-/// A config file in its own temp dir.
-struct ConfigFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl ConfigFile {
-    fn new(text: &str) -> ConfigFile {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("splicer.toml");
-        let file = ConfigFile { _dir: dir, path };
-        file.write(text);
-        file
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(&self.path, text).expect("write config");
-    }
-}
-
 async fn start(file: &ConfigFile) -> Splicer {
     start_splicer_file(&file.path).await
 }
@@ -379,7 +332,7 @@ fn listener_addr(splicer: &Splicer, name: &str) -> Option<SocketAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_backend_starts_down_comes_up_after_rise_then_takes_traffic() {
-    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
     let slow_rise = |bs: &[(SocketAddr, u32)]| PoolSpec {
         name: "p",
         backends: bs.to_vec(),
@@ -432,7 +385,7 @@ async fn added_backend_starts_down_comes_up_after_rise_then_takes_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_idle_backend_leaves_status_and_rotation() {
-    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
     let file = ConfigFile::new(&config_text(
         &[("front", ANY, "p", "")],
         &[pool("p", &[(a.addr, 1), (b.addr, 1)])],
@@ -467,7 +420,7 @@ async fn removed_idle_backend_leaves_status_and_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_backend_in_use_drains_until_its_last_connection_ends() {
-    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
     let file = ConfigFile::new(&config_text(
         &[("front", ANY, "p", "")],
         &[pool("p", &[(a.addr, 1), (b.addr, 1)])],
@@ -517,9 +470,9 @@ async fn removed_backend_in_use_drains_until_its_last_connection_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_backends_keep_state_and_counters() {
     let (a, b, c) = (
-        Backend::start().await,
-        Backend::start().await,
-        Backend::start().await,
+        greeting_backend().await,
+        greeting_backend().await,
+        greeting_backend().await,
     );
     let dead = dead_addr().await;
     let spec = |bs: &[(SocketAddr, u32)], health| PoolSpec {
@@ -588,7 +541,7 @@ async fn kept_backends_keep_state_and_counters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weight_change_applies_to_round_robin() {
-    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
     let file = ConfigFile::new(&config_text(
         &[("front", ANY, "p", "")],
         &[pool("p", &[(a.addr, 1), (b.addr, 1)])],
@@ -641,7 +594,7 @@ fn connect_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<(u64, Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_added_removed_and_kept() {
-    let a = Backend::start().await;
+    let a = greeting_backend().await;
     let pools = || [pool("p", &[(a.addr, 1)])];
     // Two listeners cannot both say port 0: fixed ports that were free a moment ago.
     let port = |p: u16| format!("127.0.0.1:{p}");
@@ -735,7 +688,7 @@ async fn listeners_added_removed_and_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_added_and_removed() {
-    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
     let file = ConfigFile::new(&config_text(
         &[("front", ANY, "old", "")],
         &[pool("old", &[(a.addr, 1)])],
@@ -795,7 +748,7 @@ async fn pools_added_and_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_file_changes_nothing_and_valid_one_answers_the_diff() {
-    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
     let valid = config_text(&[("front", ANY, "p", "")], &[pool("p", &[(a.addr, 1)])]);
     let file = ConfigFile::new(&valid);
     let mut splicer = start(&file).await;
@@ -904,9 +857,9 @@ async fn fifty_reloads_under_load_fail_no_connection() {
     const CLIENTS: usize = 4;
     const PER_RELOAD: u64 = 4;
     let (a, b, c) = (
-        Backend::start().await,
-        Backend::start().await,
-        Backend::start().await,
+        greeting_backend().await,
+        greeting_backend().await,
+        greeting_backend().await,
     );
     // A: two backends; B: a third one, another weight, and a listener setting that restarts
     // the accept loop on its socket.
@@ -1001,13 +954,12 @@ async fn fifty_reloads_under_load_fail_no_connection() {
 // SIGHUP on the binary.
 
 fn binary_config(admin: SocketAddr, listen: SocketAddr, backends: &[SocketAddr]) -> String {
-    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         "[admin]\nbind = \"{admin}\"\n\n[runtime]\naccess_log = false\nworkers = 2\n\n\
          [[listener]]\nname = \"front\"\nbind = \"{listen}\"\npool = \"p\"\n\n\
-         [[pool]]\nname = \"p\"\nbackends = [{}]\n\n\
+         [[pool]]\nname = \"p\"\nbackends = {}\n\n\
          [pool.health]\ncheck = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"90ms\"\nrise = 1\n",
-        list.join(", ")
+        backends_toml(backends)
     )
 }
 
@@ -1028,7 +980,7 @@ fn write_file(path: &Path, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file() {
-    let (a, b) = (Backend::start().await, Backend::start().await);
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
     let proc = SplicerProcess::start(1, |admin, l| binary_config(admin, l[0], &[a.addr])).await;
     let (admin, listen) = (proc.admin, proc.listeners[0]);
     wait_state(admin, "p", a.addr, "up").await;

@@ -13,12 +13,15 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use common::{parse_response, wait_until, WAIT};
+use common::{
+    collect_lines, free_port, parse_response, read_go, wait_until, write_chunks, ConfigFile,
+    TestServer, WAIT,
+};
 
 /// Bytes per chunk the backend sends.
 const CHUNK: usize = 4096;
@@ -28,57 +31,13 @@ const CHUNK_EVERY: Duration = Duration::from_millis(50);
 /// The test backend: accepts until dropped; a connection that says `GO <n>\n` gets `n` chunks,
 /// chunk `i` filled with byte `i % 256`, then a clean close. Health-check connections (which
 /// send nothing) are simply closed.
-struct SlowBackend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl SlowBackend {
-    async fn start() -> SlowBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(Self::serve(stream));
-            }
-        });
-        SlowBackend { addr, task }
-    }
-
-    async fn serve(mut stream: TcpStream) {
-        let mut request = Vec::new();
-        let mut byte = [0u8; 1];
-        while !request.ends_with(b"\n") && request.len() < 64 {
-            match stream.read(&mut byte).await {
-                Ok(1) => request.push(byte[0]),
-                _ => return,
-            }
+async fn slow_backend() -> TestServer {
+    TestServer::start(|mut stream, _| async move {
+        if let Some(chunks) = read_go(&mut stream).await {
+            write_chunks(&mut stream, chunks, CHUNK, CHUNK_EVERY).await;
         }
-        let Some(chunks) = std::str::from_utf8(&request)
-            .ok()
-            .and_then(|r| r.trim().strip_prefix("GO "))
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
-            return;
-        };
-        for i in 0..chunks {
-            if i > 0 {
-                tokio::time::sleep(CHUNK_EVERY).await;
-            }
-            if stream.write_all(&[(i % 256) as u8; CHUNK]).await.is_err() {
-                return;
-            }
-        }
-        let _ = stream.shutdown().await;
-    }
-}
-
-impl Drop for SlowBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    })
+    .await
 }
 
 /// A `splicer run` child with its output collected: logs (stderr) and access log (stdout),
@@ -92,9 +51,8 @@ struct Splicer {
     /// Read stdout and stderr until the child closes them.
     log_readers: Vec<JoinHandle<()>>,
     /// The config file (in a directory removed on drop) and what it holds.
-    config_path: std::path::PathBuf,
     config_text: String,
-    _dir: tempfile::TempDir,
+    config: ConfigFile,
 }
 
 impl Splicer {
@@ -132,29 +90,6 @@ impl Splicer {
     }
 }
 
-/// Appends every line `output` yields to `log`, until EOF.
-fn collect_lines(
-    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    log: Arc<Mutex<Vec<String>>>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(output).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(mut l) = log.lock() {
-                l.push(line);
-            }
-        }
-    })
-}
-
-/// A loopback port that was free a moment ago (bind port 0, read it, close).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free port")
-        .port()
-}
-
 /// Starts `splicer run` in front of `backend` on fixed free ports and waits until `/ready` is
 /// 200. A port taken between finding and binding it (exit 1, "in use") is retried.
 async fn start_splicer(backend: SocketAddr, drain_timeout: &str) -> Splicer {
@@ -164,8 +99,6 @@ async fn start_splicer(backend: SocketAddr, drain_timeout: &str) -> Splicer {
         if listen == admin {
             continue;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("splicer.toml");
         let config = format!(
             r#"[admin]
 bind = "{admin}"
@@ -190,11 +123,11 @@ interval = "500ms"
 timeout = "200ms"
 "#
         );
-        std::fs::write(&path, &config).expect("write config");
+        let file = ConfigFile::new(&config);
         let mut child = Command::new(env!("CARGO_BIN_EXE_splicer"))
             .arg("run")
             .arg("-c")
-            .arg(&path)
+            .arg(&file.path)
             .env_remove("SPLICER_CONFIG")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -219,9 +152,8 @@ timeout = "200ms"
             admin,
             log,
             log_readers,
-            config_path: path,
             config_text: config,
-            _dir: dir,
+            config: file,
         };
         let started = Instant::now();
         loop {
@@ -336,7 +268,7 @@ fn assert_pattern(bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_open_transfer_then_exits_0() {
     const CHUNKS: usize = 40; // ~2 s
-    let backend = SlowBackend::start().await;
+    let backend = slow_backend().await;
     let mut splicer = start_splicer(backend.addr, "10s").await;
     let transfer = start_transfer(splicer.listen, CHUNKS).await;
 
@@ -369,7 +301,7 @@ async fn sigterm_drains_the_open_transfer_then_exits_0() {
         "{}\n[[listener]]\nname = \"late\"\nbind = \"{extra}\"\npool = \"slow\"\n",
         splicer.config_text
     );
-    std::fs::write(&splicer.config_path, grown).expect("rewrite config");
+    std::fs::write(&splicer.config.path, grown).expect("rewrite config");
     let (code, body) = admin_request(splicer.admin, "POST", "/reload")
         .await
         .expect("admin answers");
@@ -412,7 +344,7 @@ async fn sigterm_drains_the_open_transfer_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_cuts_a_long_transfer_and_exits_0() {
     const CHUNKS: usize = 100; // ~5 s
-    let backend = SlowBackend::start().await;
+    let backend = slow_backend().await;
     let mut splicer = start_splicer(backend.addr, "500ms").await;
     let transfer = start_transfer(splicer.listen, CHUNKS).await;
 
@@ -455,7 +387,7 @@ async fn drain_timeout_cuts_a_long_transfer_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_sigterm_during_the_drain_exits_1_at_once() {
     const CHUNKS: usize = 100; // ~5 s
-    let backend = SlowBackend::start().await;
+    let backend = slow_backend().await;
     let mut splicer = start_splicer(backend.addr, "10s").await;
     let transfer = start_transfer(splicer.listen, CHUNKS).await;
 
@@ -487,7 +419,7 @@ async fn second_sigterm_during_the_drain_exits_1_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_with_nothing_open_exits_0_promptly() {
-    let backend = SlowBackend::start().await;
+    let backend = slow_backend().await;
     let mut splicer = start_splicer(backend.addr, "10s").await;
     let int_at = Instant::now();
     splicer.signal(libc::SIGINT);

@@ -453,3 +453,121 @@ impl SplicerProcess {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Plain TCP test backends and bits shared by the drain, shutdown, reload and access-log tests.
+
+/// A TCP server on 127.0.0.1:0 that hands every accepted connection, with the server's own
+/// address, to `handler` in a task of its own; it accepts until dropped.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start<F, Fut>(handler: F) -> TestServer
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(handler(stream, addr));
+            }
+        });
+        TestServer { addr, task }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads a `GO <n>\n` request (at most 64 bytes) and returns `n`; `None` when the peer closes
+/// or sends anything else (health checks send nothing).
+pub async fn read_go(stream: &mut TcpStream) -> Option<usize> {
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\n") && request.len() < 64 {
+        match stream.read(&mut byte).await {
+            Ok(1) => request.push(byte[0]),
+            _ => return None,
+        }
+    }
+    std::str::from_utf8(&request)
+        .ok()
+        .and_then(|r| r.trim().strip_prefix("GO "))
+        .and_then(|n| n.parse::<usize>().ok())
+}
+
+/// Writes `chunks` chunks of `size` bytes, `every` apart (chunk `i` all bytes `i % 256`), then
+/// a clean close; stops at the first write error.
+pub async fn write_chunks(stream: &mut TcpStream, chunks: usize, size: usize, every: Duration) {
+    for i in 0..chunks {
+        if i > 0 {
+            tokio::time::sleep(every).await;
+        }
+        if stream
+            .write_all(&vec![(i % 256) as u8; size])
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Appends every line `output` yields to `log`, until EOF.
+pub fn collect_lines(
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncBufReadExt;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(output).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut l) = log.lock() {
+                l.push(line);
+            }
+        }
+    })
+}
+
+/// A loopback address nothing listens on.
+pub async fn dead_addr() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A config file in its own temp dir (removed on drop).
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    /// `splicer.toml` in that dir.
+    pub path: std::path::PathBuf,
+}
+
+impl ConfigFile {
+    /// Creates the file with `text`.
+    pub fn new(text: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("splicer.toml");
+        let file = ConfigFile { _dir: dir, path };
+        file.write(text);
+        file
+    }
+
+    /// Replaces its text.
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("write config");
+    }
+}
