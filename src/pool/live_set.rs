@@ -71,6 +71,13 @@ impl LiveSet {
         LiveSet::new(config, Vec::new(), false)
     }
 
+    /// Starts this snapshot's cursor where `previous` left off, so frequent republishing (slow
+    /// start steps, health changes) does not restart round robin at the first member each time.
+    pub(crate) fn continue_from(&self, previous: &LiveSet) {
+        let at = previous.cursor.load(std::sync::atomic::Ordering::Relaxed);
+        self.cursor.store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether no backend can take a connection.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()

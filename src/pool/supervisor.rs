@@ -177,6 +177,7 @@ pub fn start(
         stop: stop.clone(),
         initial_done: Some(initial_tx),
         refusing: false,
+        last_publish: Instant::now(),
         retired: false,
         cluster: None,
         discovery: None,
@@ -216,6 +217,9 @@ struct Supervisor {
     initial_done: Option<oneshot::Sender<()>>,
     /// Whether the pool is closing new connections for want of a backend (logged on change).
     refusing: bool,
+    /// When the live set was last published: a ramping backend's weight is republished one
+    /// ramp step after it, however many other events arrive in between.
+    last_publish: Instant,
     retired: bool,
     /// Stops the `[pool.cluster_health]` task.
     cluster: Option<CancellationToken>,
@@ -260,7 +264,7 @@ impl Supervisor {
                 Some(list) = next_members(&mut members) => self.on_discovered(list),
                 _ = tick.tick(), if draining => self.on_drain_tick(),
                 _ = sleep_until_some(cut_due), if cut_due.is_some() => self.on_drain_tick(),
-                _ = tokio::time::sleep(ramp_tick), if ramping => self.publish(),
+                _ = tokio::time::sleep_until(self.last_publish + ramp_tick), if ramping => self.publish(),
             }
             if self.retired && self.slots.is_empty() {
                 tracing::info!(pool = %self.pool.name, "removed pool drained: stopped");
@@ -818,6 +822,7 @@ impl Supervisor {
 
     /// Rebuilds the live set from the slots and publishes it with one store.
     fn publish(&mut self) {
+        self.last_publish = Instant::now();
         for s in &self.slots {
             s.backend.set_state(s.state());
         }
@@ -855,6 +860,7 @@ impl Supervisor {
         };
         let was_failing_open = self.pool.fail_open.swap(failing_open, Ordering::Relaxed);
         let is_empty = set.is_empty();
+        set.continue_from(&self.pool.live.load());
         self.pool.live.store(Arc::new(set));
         self.pool.members.store(Arc::new(
             self.slots.iter().map(|s| s.backend.clone()).collect(),
