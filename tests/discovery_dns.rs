@@ -2,7 +2,14 @@
 //! the test changes at run time. The answers are encoded with hickory's own message types
 //! (re-exported by hickory-resolver), so no other DNS crate or daemon is needed. No TCP server:
 //! the answers are far below the UDP size limit, and the resolver uses TCP only after truncation.
+//!
+//! The first tests drive `splicer::discovery` alone; the end-to-end ones at the bottom run
+//! splicer in-process with a `discover` pool asking the fake server (`discover.server`), in front
+//! of plain TCP backends on 127.0.0.2, .3 and .4 that share one port.
 
+mod common;
+
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -407,4 +414,359 @@ async fn run_stops_while_the_server_is_silent() {
 #[test]
 fn system_resolver_builds() {
     Discovery::system().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end: splicer with a `discover` pool asking the fake server.
+
+/// The pool's name in the end-to-end configs.
+const POOL: &str = "quay";
+
+/// Plain TCP backends on 127.0.0.2, 127.0.0.3 and 127.0.0.4, all on one port (the pool's
+/// `discover.port`). Each accepted connection gets the backend's own address on a line and is
+/// then held open until the peer closes, so a client can keep a connection on a backend.
+struct Backends {
+    port: u16,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Backends {
+    async fn start() -> Backends {
+        for _ in 0..10 {
+            let first = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            // The same port on .3 and .4 may be taken by someone else: try another one.
+            let Ok(third) = tokio::net::TcpListener::bind(("127.0.0.3", port)).await else {
+                continue;
+            };
+            let Ok(fourth) = tokio::net::TcpListener::bind(("127.0.0.4", port)).await else {
+                continue;
+            };
+            let tasks = [first, third, fourth]
+                .into_iter()
+                .map(serve_backend)
+                .collect();
+            return Backends { port, tasks };
+        }
+        panic!("no port free on 127.0.0.2, .3 and .4 in 10 tries");
+    }
+
+    fn addr(&self, ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), self.port)
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn serve_backend(listener: tokio::net::TcpListener) -> JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let me = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Health checks connect and close at once: a failed write is theirs.
+                if stream
+                    .write_all(format!("{me}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut buf = [0u8; 64];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    })
+}
+
+/// A connection through splicer with the backend that took it (its address line read), or why
+/// there is none (refused, closed before the line, or no line within [`WAIT`]).
+async fn connect_via(addr: SocketAddr) -> Result<(SocketAddr, tokio::net::TcpStream), String> {
+    use tokio::io::AsyncReadExt;
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => line.push(byte[0]),
+                Ok(_) => return Err(format!("closed after {line:?}")),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        let backend = String::from_utf8_lossy(&line)
+            .trim()
+            .parse()
+            .map_err(|e| format!("not an address line {line:?}: {e}"))?;
+        Ok((backend, stream))
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| Err("no address line in time".to_owned()))
+}
+
+/// The backend one connection through splicer reaches (the connection is then closed).
+async fn reach(addr: SocketAddr) -> SocketAddr {
+    match connect_via(addr).await {
+        Ok((backend, _)) => backend,
+        Err(e) => panic!("a connection through splicer failed: {e}"),
+    }
+}
+
+/// The backends `n` connections in a row reach; every one must succeed.
+async fn reach_n(addr: SocketAddr, n: usize) -> BTreeSet<SocketAddr> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        seen.insert(reach(addr).await);
+    }
+    seen
+}
+
+/// Connects until one reaches `backend` (all must succeed); returns that connection, open.
+async fn connection_to(addr: SocketAddr, backend: SocketAddr) -> tokio::net::TcpStream {
+    for _ in 0..50 {
+        match connect_via(addr).await {
+            Ok((b, stream)) if b == backend => return stream,
+            Ok(_) => {}
+            Err(e) => panic!("a connection through splicer failed: {e}"),
+        }
+    }
+    panic!("50 connections in a row missed {backend}");
+}
+
+/// The pool's members on `/status` as (address, state), in the order shown.
+async fn members(admin: SocketAddr) -> Vec<(String, String)> {
+    let s = common::status(admin).await;
+    let pool = s["pools"]
+        .as_array()
+        .and_then(|pools| pools.iter().find(|p| p["name"] == POOL))
+        .unwrap_or_else(|| panic!("pool {POOL} not on /status: {s}"))
+        .clone();
+    pool["backends"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|b| {
+                    (
+                        b["address"].as_str().unwrap_or("").to_owned(),
+                        b["state"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `members` sorted by address, for comparisons with an expected set.
+async fn member_set(admin: SocketAddr) -> Vec<(String, String)> {
+    let mut m = members(admin).await;
+    m.sort();
+    m
+}
+
+/// `(address, state)` pairs, sorted, for comparisons with [`member_set`].
+fn expect(list: &[(SocketAddr, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = list
+        .iter()
+        .map(|(a, s)| (a.to_string(), (*s).to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Waits until the pool's members and their states are exactly `want`.
+async fn wait_members(admin: SocketAddr, want: &[(SocketAddr, &str)]) {
+    let want = expect(want);
+    let what = format!("members {want:?} on /status");
+    common::wait_until(WAIT, &what, || {
+        let want = want.clone();
+        async move { member_set(admin).await == want }
+    })
+    .await;
+}
+
+/// `splicer_discovery_failures_total{pool="quay"}` on `/metrics`.
+async fn discovery_failures(admin: SocketAddr) -> f64 {
+    let text = common::metrics_text(admin).await;
+    let series = format!("splicer_discovery_failures_total{{pool=\"{POOL}\"}}");
+    common::metric_value(&text, &series)
+        .unwrap_or_else(|| panic!("{series} not on /metrics:\n{text}"))
+}
+
+/// A config with one listener in front of a pool discovered from `dns`.
+fn discover_config(dns: SocketAddr, port: u16, every: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [runtime]\naccess_log = false\ndrain_timeout = \"30s\"\n\n\
+         [[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"{POOL}\"\n\n\
+         [[pool]]\nname = \"{POOL}\"\n\
+         discover = {{ dns = \"{NAME}\", port = {port}, every = \"{every}\", server = \"{dns}\" }}\n\n\
+         [pool.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n"
+    )
+}
+
+/// Connections through `addr` one after another until `stop`: (backends reached, failures).
+fn steady_traffic(
+    addr: SocketAddr,
+    stop: CancellationToken,
+) -> JoinHandle<(BTreeSet<SocketAddr>, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        let mut failures = Vec::new();
+        while !stop.is_cancelled() {
+            match connect_via(addr).await {
+                Ok((b, _)) => {
+                    seen.insert(b);
+                }
+                Err(e) => failures.push(e),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (seen, failures)
+    })
+}
+
+#[tokio::test]
+async fn splicer_follows_dns_members_through_changes_and_failures() {
+    let mut dns = FakeDns::start(&["127.0.0.2", "127.0.0.3"]).await;
+    let backends = Backends::start().await;
+    let (a2, a3, a4) = (
+        backends.addr("127.0.0.2"),
+        backends.addr("127.0.0.3"),
+        backends.addr("127.0.0.4"),
+    );
+    let mut splicer =
+        common::start_splicer(&discover_config(dns.addr, backends.port, "200ms")).await;
+    let (front, admin) = (splicer.addr, splicer.admin);
+
+    // Start-up: both answered members are listed and come up; traffic reaches both.
+    wait_members(admin, &[(a2, "up"), (a3, "up")]).await;
+    assert_eq!(reach_n(front, 10).await, BTreeSet::from([a2, a3]));
+
+    // A new address starts down, comes up after `rise` passes, then takes connections.
+    dns.set_records(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    let start = Instant::now();
+    let first_seen = loop {
+        let m = members(admin).await;
+        if let Some((_, state)) = m.iter().find(|(a, _)| *a == a4.to_string()) {
+            break state.clone();
+        }
+        assert!(start.elapsed() < WAIT, "127.0.0.4 not on /status: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(first_seen, "down", "a discovered member starts down");
+    wait_members(admin, &[(a2, "up"), (a3, "up"), (a4, "up")]).await;
+    connection_to(front, a4).await;
+
+    // A vanished address with a connection open drains: listed as draining, no new connections.
+    let held = connection_to(front, a2).await;
+    dns.set_records(&["127.0.0.3", "127.0.0.4"]);
+    wait_members(admin, &[(a2, "draining"), (a3, "up"), (a4, "up")]).await;
+    assert_eq!(reach_n(front, 12).await, BTreeSet::from([a3, a4]));
+    // Its last connection gone, it leaves the pool.
+    drop(held);
+    wait_members(admin, &[(a3, "up"), (a4, "up")]).await;
+
+    // Failing resolutions (SERVFAIL, then no answer at all, then the port closed): counted,
+    // and the members stay as they were while traffic continues without a failure.
+    let stop_traffic = CancellationToken::new();
+    let traffic = steady_traffic(front, stop_traffic.clone());
+    for failure in ["servfail", "silent", "closed"] {
+        let before = discovery_failures(admin).await;
+        match failure {
+            "servfail" => dns.set_mode(Mode::ServFail),
+            "silent" => dns.set_mode(Mode::Silent),
+            _ => dns.close().await,
+        }
+        common::wait_until(
+            WAIT,
+            &format!("discovery failures to grow ({failure})"),
+            || async move { discovery_failures(admin).await >= before + 2.0 },
+        )
+        .await;
+        assert_eq!(
+            member_set(admin).await,
+            expect(&[(a3, "up"), (a4, "up")]),
+            "members changed while resolutions failed ({failure})"
+        );
+    }
+    stop_traffic.cancel();
+    let (seen, failed) = tokio::time::timeout(WAIT, traffic)
+        .await
+        .expect("traffic stops")
+        .unwrap();
+    assert!(
+        failed.is_empty(),
+        "connections failed while DNS failed: {failed:?}"
+    );
+    assert_eq!(seen, BTreeSet::from([a3, a4]));
+
+    // Answers again, with a changed set: .2 is back (down, then up after `rise` passes) and .4,
+    // with no connection open, leaves.
+    dns.set_records(&["127.0.0.3", "127.0.0.2"]);
+    dns.set_mode(Mode::Answer);
+    dns.reopen().await;
+    wait_members(admin, &[(a2, "up"), (a3, "up")]).await;
+    assert_eq!(reach_n(front, 10).await, BTreeSet::from([a2, a3]));
+    let settled = discovery_failures(admin).await;
+    let answered = dns.answered();
+    // Two more resolutions (an A and an AAAA query each) without a failure.
+    common::wait_until(WAIT, "two more resolutions answered", || async {
+        dns.answered() >= answered + 4
+    })
+    .await;
+    assert_eq!(discovery_failures(admin).await, settled);
+
+    assert!(splicer.shutdown().await, "every connection drained");
+}
+
+#[tokio::test]
+async fn listener_opens_once_the_first_dns_answer_was_checked() {
+    let dns = FakeDns::start(&["127.0.0.2", "127.0.0.3"]).await;
+    let backends = Backends::start().await;
+    let (a2, a3) = (backends.addr("127.0.0.2"), backends.addr("127.0.0.3"));
+    // A long `every`: only the start-up resolution matters here.
+    let mut splicer = common::start_splicer(&discover_config(dns.addr, backends.port, "5s")).await;
+
+    // The very first connection succeeds: the members were resolved and checked before the
+    // listener opened, so no wait is needed.
+    let first = reach(splicer.addr).await;
+    assert!(first == a2 || first == a3, "reached {first}");
+    assert!(dns.answered() >= 1, "splicer asked the fake server");
+    assert_eq!(
+        member_set(splicer.admin).await,
+        expect(&[(a2, "up"), (a3, "up")]),
+        "both members checked at start-up (one pass is enough then)"
+    );
+    assert_eq!(reach_n(splicer.addr, 6).await, BTreeSet::from([a2, a3]));
+    assert!(splicer.shutdown().await, "every connection drained");
+}
+
+#[tokio::test]
+async fn a_silent_dns_at_start_up_delays_members_not_the_listener() {
+    let dns = FakeDns::start(&["127.0.0.2"]).await;
+    dns.set_mode(Mode::Silent);
+    let backends = Backends::start().await;
+    let a2 = backends.addr("127.0.0.2");
+    let mut splicer = tokio::time::timeout(
+        WAIT,
+        common::start_splicer(&discover_config(dns.addr, backends.port, "300ms")),
+    )
+    .await
+    .expect("splicer starts although DNS does not answer");
+    // Until the first answer the pool has no members.
+    assert_eq!(member_set(splicer.admin).await, expect(&[]));
+
+    dns.set_mode(Mode::Answer);
+    wait_members(splicer.admin, &[(a2, "up")]).await;
+    assert_eq!(reach_n(splicer.addr, 3).await, BTreeSet::from([a2]));
+    assert!(splicer.shutdown().await, "every connection drained");
 }
