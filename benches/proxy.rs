@@ -1,20 +1,151 @@
-//! First measurements of the data path: bulk throughput through one connection (splicer vs a
-//! direct connection), and memory per idle proxied connection.
+//! splicer against direct connections and HAProxy (`mode tcp`, one thread), on loopback, in one
+//! run, alternating the targets run by run. See docs/benchmarks.md for the method and figures.
 //!
-//! `cargo bench --bench proxy -- [throughput] [idle N]` (default: both, idle 9900). Everything
-//! runs on loopback. The load generator uses blocking std sockets on plain threads so its own
-//! cost stays small and predictable; splicer runs as its own process (the release binary) with
-//! `workers = 1`, so its CPU time and RSS can be read from /proc.
+//! ```text
+//! cargo bench --bench proxy                         # every case: throughput connections latency idle health
+//! cargo bench --bench proxy -- latency health       # just these cases
+//! cargo bench --bench proxy -- hold 9000            # N idle connections through each proxy
+//! cargo bench --bench proxy -- quick                # small sizes and 1 run: checks the harness
+//! ```
+//! Options: `runs N` (alternating runs, default 3), `idle N` (connections of the idle case,
+//! default 5000), `flips N` (health flips, default 20), `no-haproxy`, `out PATH` (also write
+//! the summary table there, Markdown). HAProxy is looked up in $SPLICER_BENCH_HAPROXY, PATH,
+//! /usr/sbin, /usr/local/sbin.
+//!
+//! The load generator uses blocking std sockets on plain threads so its own cost stays small and
+//! predictable. Each proxy runs as its own process (splicer's release binary with `workers = 1`,
+//! `access_log = false`; HAProxy with `nbthread 1`), pinned to CPU 0 while the bench's threads,
+//! its backends and its sink process run on CPU 1, so the proxy's CPU time and RSS can be read
+//! from /proc and it never competes with the load for a CPU (except where a case says so).
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "proxy/backends.rs"]
+mod backends;
+#[path = "proxy/cases.rs"]
+mod cases;
+#[path = "proxy/health.rs"]
+mod health;
+#[path = "proxy/idle.rs"]
+mod idle;
+#[path = "proxy/report.rs"]
+mod report;
+#[path = "proxy/sys.rs"]
+mod sys;
+#[path = "proxy/targets.rs"]
+mod targets;
 
-const GIB: u64 = 1 << 30;
-const CHUNK: usize = 256 * 1024;
-/// Alternating runs per target; the median is reported with the min–max.
-const RUNS: usize = 3;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::process::Command;
+
+use report::Report;
+use targets::Setup;
+
+const USAGE: &str = "usage: cargo bench --bench proxy -- [throughput] [connections] [latency] \
+[idle [N]] [health] [hold N] [runs N] [flips N] [quick] [no-haproxy] [out PATH]";
+
+/// Everything the cases need to know.
+pub struct Opts {
+    pub setup: Setup,
+    /// Alternating runs per case (medians with min–max over them).
+    pub runs: usize,
+    /// Bytes per throughput measurement (1 GiB; split over the connections).
+    pub bytes: u64,
+    /// Seconds per connection-rate measurement.
+    pub conn_secs: f64,
+    /// Timed round trips per latency measurement.
+    pub rounds: usize,
+    /// Connections of the idle case.
+    pub idle_n: usize,
+    /// Down-and-up flips per proxy in the health case.
+    pub flips: usize,
+    /// This process's fd limit (the proxies and the sink inherit it).
+    pub nofile: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    Throughput,
+    Connections,
+    Latency,
+    Idle,
+    Health,
+    Hold(usize),
+}
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Case::Throughput => "throughput",
+            Case::Connections => "connections",
+            Case::Latency => "latency",
+            Case::Idle => "idle",
+            Case::Health => "health",
+            Case::Hold(_) => "hold",
+        }
+    }
+}
+
+struct Cli {
+    cases: Vec<Case>,
+    runs: Option<usize>,
+    idle_n: Option<usize>,
+    flips: Option<usize>,
+    quick: bool,
+    no_haproxy: bool,
+    out: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<Cli, String> {
+    let mut cli = Cli {
+        cases: Vec::new(),
+        runs: None,
+        idle_n: None,
+        flips: None,
+        quick: false,
+        no_haproxy: false,
+        out: None,
+    };
+    let mut it = args.iter().peekable();
+    let number = |name: &str, v: Option<&String>| -> Result<usize, String> {
+        v.and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .ok_or_else(|| format!("`{name}` needs a positive number"))
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            // cargo passes `--bench` to every bench binary.
+            "--bench" => {}
+            "throughput" => cli.cases.push(Case::Throughput),
+            "connections" | "conns" | "connrate" => cli.cases.push(Case::Connections),
+            "latency" => cli.cases.push(Case::Latency),
+            "health" => cli.cases.push(Case::Health),
+            "idle" => {
+                cli.cases.push(Case::Idle);
+                if it.peek().is_some_and(|v| v.parse::<usize>().is_ok()) {
+                    cli.idle_n = Some(number("idle", it.next())?);
+                }
+            }
+            "hold" => cli.cases.push(Case::Hold(number("hold", it.next())?)),
+            "runs" => cli.runs = Some(number("runs", it.next())?),
+            "flips" => cli.flips = Some(number("flips", it.next())?),
+            "quick" => cli.quick = true,
+            "no-haproxy" => cli.no_haproxy = true,
+            "out" => cli.out = Some(it.next().ok_or("`out` needs a path")?.into()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    if cli.cases.is_empty() {
+        cli.cases = vec![
+            Case::Throughput,
+            Case::Connections,
+            Case::Latency,
+            Case::Idle,
+            Case::Health,
+        ];
+    }
+    Ok(cli)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,225 +154,157 @@ fn main() {
         return;
     }
     if let Some(pos) = args.iter().position(|a| a == "--sink") {
-        let addr = args.get(pos + 1).and_then(|a| a.parse().ok()).expect("--sink ADDR");
-        return hold_sink(addr);
+        let addr: SocketAddr = args
+            .get(pos + 1)
+            .and_then(|a| a.parse().ok())
+            .expect("--sink ADDR");
+        return backends::sink_main(addr);
     }
-    let want = |name: &str| args.iter().any(|a| a == name);
-    let all = !want("throughput") && !want("idle");
-    if all || want("throughput") {
-        throughput();
-    }
-    if all || want("idle") {
-        let n = args
-            .iter()
-            .position(|a| a == "idle")
-            .and_then(|p| args.get(p + 1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(9900);
-        idle(n);
-    }
-}
-
-/// A backend that reads and discards everything; answers one byte after the client's EOF.
-fn discard_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = vec![0u8; CHUNK];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let _ = s.write_all(b"k");
-            });
+    let cli = match parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            std::process::exit(2);
         }
-    });
-    addr
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Splicer {
-    child: Child,
-    addr: SocketAddr,
-    _dir: std::path::PathBuf,
-}
-
-impl Drop for Splicer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_splicer(backend: SocketAddr) -> Splicer {
-    let port = free_port();
-    let admin = free_port();
-    let dir = std::env::temp_dir().join(format!("splicer-bench-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tempdir");
-    let cfg = dir.join("bench.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[admin]\nbind = \"127.0.0.1:{admin}\"\n[runtime]\nworkers = 1\naccess_log = false\n\
-             [[listener]]\nname = \"bench\"\nbind = \"127.0.0.1:{port}\"\npool = \"p\"\n\
-             [[pool]]\nname = \"p\"\nbackends = [\"{backend}\"]\n[pool.health]\ncheck = \"none\"\n"
-        ),
-    )
-    .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_splicer"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn splicer");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let start = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "splicer did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Splicer {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
-/// Seconds to push `bytes` through one connection to `addr` (until the backend acknowledges).
-fn push(addr: SocketAddr, bytes: u64) -> f64 {
-    let buf = vec![0x5au8; CHUNK];
-    let start = Instant::now();
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        s.write_all(&buf[..n]).expect("write");
-        left -= n as u64;
-    }
-    s.shutdown(Shutdown::Write).expect("shutdown");
-    let mut ack = [0u8; 1];
-    s.read_exact(&mut ack).expect("ack");
-    start.elapsed().as_secs_f64()
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the ")".
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn throughput() {
-    let backend = discard_server();
-    let splicer = start_splicer(backend);
-    let pid = splicer.child.id();
-    let (mut direct, mut proxied, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        direct.push(GIB as f64 / push(backend, GIB) / GIB as f64);
-        let c0 = cpu_seconds(pid);
-        proxied.push(GIB as f64 / push(splicer.addr, GIB) / GIB as f64);
-        cpu.push(cpu_seconds(pid) - c0);
-    }
-    let range = |v: &[f64]| {
-        let min = v.iter().cloned().fold(f64::MAX, f64::min);
-        let max = v.iter().cloned().fold(0.0, f64::max);
-        format!("{min:.2}–{max:.2}")
     };
-    let (rd, rp) = (range(&direct), range(&proxied));
-    let (d, p, c) = (median(&mut direct), median(&mut proxied), median(&mut cpu));
-    println!("throughput, 1 GiB through one connection, median of {RUNS} alternating runs:");
-    println!("  direct   {d:6.2} GiB/s  ({rd})");
-    println!("  splicer  {p:6.2} GiB/s  ({rp})  = {:.0}% of direct; splicer CPU {c:.2} s per GiB", p / d * 100.0);
-}
 
-/// Child-process role: accept connections on `addr` and hold them, reading nothing.
-fn hold_sink(addr: SocketAddr) {
-    let l = TcpListener::bind(addr).expect("sink bind");
-    let mut held = Vec::new();
-    for s in l.incoming() {
-        match s {
-            Ok(s) => held.push(s),
-            Err(e) => eprintln!("sink accept: {e}"),
-        }
-    }
-}
-
-fn idle(n: usize) {
-    let sink_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut sink = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--bench", "--sink", &sink_addr.to_string()])
-        .spawn()
-        .expect("spawn sink");
-    let start = Instant::now();
-    while TcpStream::connect(sink_addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "sink did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let splicer = start_splicer(sink_addr);
-    let pid = splicer.child.id();
-    // Warm up the runtime and allocator with a few connections first.
-    let warm: Vec<TcpStream> = (0..100).filter_map(|_| TcpStream::connect(splicer.addr).ok()).collect();
-    std::thread::sleep(Duration::from_millis(300));
-    drop(warm);
-    std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(pid);
-    let t0 = Instant::now();
-    let mut conns = Vec::with_capacity(n);
-    for _ in 0..n {
-        match TcpStream::connect(splicer.addr) {
-            Ok(s) => conns.push(s),
+    // Pin first, before any thread exists: every thread of the bench inherits the load CPU.
+    let cpus = sys::allowed_cpus();
+    let (proxy_core, load_core) = match cpus.as_slice() {
+        [p, l, ..] => match sys::pin_current_thread(*l) {
+            Ok(()) => (Some(*p), Some(*l)),
             Err(e) => {
-                eprintln!("connect {}: {e}", conns.len());
-                break;
+                eprintln!("cannot pin the bench to CPU {l} ({e}); running unpinned");
+                (None, None)
             }
+        },
+        _ => (None, None),
+    };
+    let haproxy = if cli.no_haproxy {
+        None
+    } else {
+        targets::find_haproxy()
+    };
+    let nofile = sys::raise_nofile();
+    let (runs, bytes, conn_secs, rounds, idle_n, flips) = if cli.quick {
+        (1, 256 << 20, 0.5, 5_000, 1_000, 5)
+    } else {
+        (3, cases::GIB, 2.0, 20_000, 5_000, 20)
+    };
+    let o = Opts {
+        setup: Setup {
+            haproxy,
+            proxy_core,
+            load_core,
+            haproxy_maxconn: targets::haproxy_maxconn(nofile),
+        },
+        runs: cli.runs.unwrap_or(runs),
+        bytes,
+        conn_secs,
+        rounds,
+        idle_n: cli.idle_n.unwrap_or(idle_n),
+        flips: cli.flips.unwrap_or(flips),
+        nofile,
+    };
+
+    let header = header(&o);
+    println!("{header}\n");
+    let mut report = Report::default();
+    for case in &cli.cases {
+        let r = catch_unwind(AssertUnwindSafe(|| match *case {
+            Case::Throughput => cases::throughput(&o, &mut report),
+            Case::Connections => cases::connrate(&o, &mut report),
+            Case::Latency => cases::latency(&o, &mut report),
+            Case::Idle => idle::idle(&o, &mut report),
+            Case::Health => health::health(&o, &mut report),
+            Case::Hold(n) => idle::hold_mode(&o, n, &mut report),
+        }));
+        if let Err(e) = r {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            report.note(format!(
+                "case {} failed: {}",
+                case.name(),
+                msg.lines().next().unwrap_or("")
+            ));
+        }
+        println!();
+    }
+    report.note(format!("load average at the end: {}", sys::loadavg()));
+    let table = report.markdown();
+    println!("{table}");
+    if let Some(path) = &cli.out {
+        let text = format!("{header}\n\n{table}");
+        match std::fs::write(path, text) {
+            Ok(()) => println!("(summary written to {})", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
         }
     }
-    let opened = t0.elapsed();
-    // Let splicer finish connecting every backend side before reading its memory.
-    let fd_target = conns.len() * 2;
-    let settle = Instant::now();
-    loop {
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-        if fds >= fd_target || settle.elapsed() > Duration::from_secs(20) {
-            break;
+}
+
+/// What was measured, where, with what: the lines to paste above a table of figures.
+fn header(o: &Opts) -> String {
+    let splicer = Command::new(env!("CARGO_BIN_EXE_splicer"))
+        .arg("--version")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let rev = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    // Only changes to what the splicer binary is built from matter here.
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ])
+    .is_some_and(|s| !s.is_empty());
+    let haproxy = match &o.setup.haproxy {
+        Some(bin) => format!(
+            "{} ({}, maxconn {})",
+            targets::haproxy_version(bin),
+            bin.display(),
+            o.setup.haproxy_maxconn
+        ),
+        None => "HAProxy not found (or no-haproxy): splicer vs direct only".to_owned(),
+    };
+    let pinning = match (o.setup.proxy_core, o.setup.load_core) {
+        (Some(p), Some(l)) => {
+            format!("proxy under test on CPU {p}; load generator, backends and sink on CPU {l}")
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(pid);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-    let per = (after.saturating_sub(before)) as f64 * 1024.0 / conns.len().max(1) as f64;
-    println!("idle connections: {} opened in {:.2} s", conns.len(), opened.as_secs_f64());
-    println!("  splicer RSS {before} KiB -> {after} KiB: {per:.0} bytes per idle proxied connection; {fds} fds open");
-    drop(conns);
-    let _ = sink.kill();
-    let _ = sink.wait();
+        _ => "no pinning (fewer than 2 CPUs allowed)".to_owned(),
+    };
+    format!(
+        "splicer proxy bench, {}\n\
+         machine: {}\n\
+         load average at the start: {}\n\
+         {splicer} (git {rev}{}), release build; {haproxy}\n\
+         pinning: {pinning}\n\
+         {} alternating run(s) per figure, medians (min–max); fd limit {}",
+        sys::utc_now(),
+        sys::machine(),
+        sys::loadavg(),
+        if dirty {
+            " with uncommitted changes in src/"
+        } else {
+            ""
+        },
+        o.runs,
+        o.nofile
+    )
 }
