@@ -232,20 +232,19 @@ async fn read_opening(
     Ok(opening)
 }
 
-/// Appends what the client sends next to `buf`, by `deadline`.
+/// Appends what the client sends next to `buf`, by `deadline`. The bytes go straight into the
+/// heap buffer: a stack array here would be part of every connection task's future (a future
+/// is as large as its largest state), even on listeners that never read ahead.
 async fn read_more(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     deadline: tokio::time::Instant,
 ) -> Result<(), Refused> {
-    let mut chunk = [0u8; 4096];
-    match tokio::time::timeout_at(deadline, client.read(&mut chunk)).await {
+    buf.reserve(4096);
+    match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
         Err(_) => Err(Refused::Timeout),
         Ok(Ok(0)) | Ok(Err(_)) => Err(Refused::Gone),
-        Ok(Ok(n)) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(())
-        }
+        Ok(Ok(_)) => Ok(()),
     }
 }
 
