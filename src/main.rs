@@ -338,6 +338,11 @@ interval = "1s"
 timeout = "500ms"
 rise = 2
 fall = 2
+shared_dependencies = ["database", "auth"]
+
+[pool.cluster_health]
+path = "/health/endtoend"
+interval = "2s"
 "#,
         backends.join(", ")
     );
@@ -383,6 +388,11 @@ Try, in another terminal:
   for i in 1 2 3 4 5 6; do curl -sk https://{lb}/; done
   # ...and comes back after two passing checks
   curl -s -X POST -d 200 http://{control}/nodes/2/health
+  # the shared database fails over: every node answers 503 with database=false, yet all stay
+  # in rotation (a shared outage, shown by splicer status), while the cluster check fails
+  curl -s -X POST http://{control}/shared/database/down
+  splicer status --admin {admin}
+  curl -s -X POST http://{control}/shared/database/up
   # a machine dying: no client connection fails, the node leaves
   curl -s -X POST http://{control}/nodes/3/stop
   curl -s -X POST http://{control}/nodes/3/start
