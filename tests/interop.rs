@@ -39,14 +39,6 @@ fn find_program(program: &str, package: &str) -> PathBuf {
         })
 }
 
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("probe a free port")
-        .port()
-}
-
 /// A self-signed certificate for `HOST` with subject `CN`, written as `cert.pem`/`key.pem`.
 fn write_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
     let mut params = CertificateParams::new(vec![HOST.to_owned()]).expect("params");
@@ -87,8 +79,14 @@ impl Drop for Nginx {
 /// waits until it accepts connections.
 async fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> Nginx {
     let binary = find_program("nginx", "nginx-light");
-    let port = free_port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // An address of its own, so no parallel test's listener can take the port before nginx.
+    let addr = {
+        let n: u16 = rand::random();
+        let ip = std::net::Ipv4Addr::new(127, 78, (n >> 8) as u8, (n as u8).max(1));
+        StdListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .expect("probe a free address")
+    };
     let d = dir.display();
     let conf = format!(
         r#"

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use splicer::net::proxy_protocol::{self, Parsed, ProxyHeader, V2_SIGNATURE};
 
-use common::{backends_toml, free_port, start_splicer, Splicer, SplicerProcess, WAIT};
+use common::{backends_toml, free_addr, free_port, start_splicer, Splicer, SplicerProcess, WAIT};
 
 // ---------------------------------------------------------------------------------------------
 // A backend that parses the PROXY header.
@@ -527,7 +527,7 @@ fn spawn(name: &'static str, program: &Path, args: &[&std::ffi::OsStr], log: Pat
 /// nginx answering every request with the address and port its PROXY header named.
 async fn start_nginx(dir: &Path) -> (Daemon, SocketAddr) {
     let binary = find_program("nginx", "nginx-light");
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let addr = free_addr();
     let d = dir.display();
     let conf = format!(
         r#"
@@ -691,7 +691,7 @@ timeout = "250ms"
 /// HAProxy in TCP mode relaying `frontend` to `splicer` with `send-proxy-v2`.
 async fn start_haproxy(dir: &Path, splicer: SocketAddr) -> (Daemon, SocketAddr) {
     let binary = find_program("haproxy", "haproxy");
-    let frontend = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let frontend = free_addr();
     let conf = format!(
         r#"
 global

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use common::{
-    backends_toml, dead_addr, free_port, http, metric_value, metrics_text, start_splicer_file,
+    backends_toml, dead_addr, free_addr, http, metric_value, metrics_text, start_splicer_file,
     status, wait_until, ConfigFile, Splicer, SplicerProcess, TestServer, WAIT,
 };
 
@@ -597,8 +597,8 @@ async fn listeners_added_removed_and_kept() {
     let a = greeting_backend().await;
     let pools = || [pool("p", &[(a.addr, 1)])];
     // Two listeners cannot both say port 0: fixed ports that were free a moment ago.
-    let port = |p: u16| format!("127.0.0.1:{p}");
-    let (p1, p2, p3) = (port(free_port()), port(free_port()), port(free_port()));
+    let port = || free_addr().to_string();
+    let (p1, p2, p3) = (port(), port(), port());
     let file = ConfigFile::new(&config_text(
         &[("one", &p1, "p", ""), ("two", &p2, "p", "")],
         &pools(),
@@ -757,7 +757,7 @@ async fn invalid_file_changes_nothing_and_valid_one_answers_the_diff() {
     let before = shape(&status(splicer.admin).await);
 
     // Adds a backend and a listener, but `rise = 0` makes the file invalid.
-    let extra_bind = format!("127.0.0.1:{}", free_port());
+    let extra_bind = free_addr().to_string();
     let invalid = config_text(
         &[("front", ANY, "p", ""), ("extra", &extra_bind, "p", "")],
         &[pool("p", &[(a.addr, 1), (b.addr, 1)])],

@@ -19,7 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use common::{
-    collect_lines, free_port, parse_response, read_go, wait_until, write_chunks, ConfigFile,
+    collect_lines, free_addr, parse_response, read_go, wait_until, write_chunks, ConfigFile,
     TestServer, WAIT,
 };
 
@@ -94,8 +94,8 @@ impl Splicer {
 /// 200. A port taken between finding and binding it (exit 1, "in use") is retried.
 async fn start_splicer(backend: SocketAddr, drain_timeout: &str) -> Splicer {
     for _ in 0..5 {
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = free_addr();
+        let admin = free_addr();
         if listen == admin {
             continue;
         }
@@ -296,7 +296,7 @@ async fn sigterm_drains_the_open_transfer_then_exits_0() {
     // The admin API keeps answering while the drain lasts, but a reload cannot open a new
     // listener behind the drain's back.
     assert_eq!(ready(splicer.admin).await, Some(503));
-    let extra = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let extra = free_addr();
     let grown = format!(
         "{}\n[[listener]]\nname = \"late\"\nbind = \"{extra}\"\npool = \"slow\"\n",
         splicer.config_text

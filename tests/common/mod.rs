@@ -297,6 +297,19 @@ pub async fn start_splicer_file(path: &Path) -> Splicer {
 }
 
 /// A loopback port that was free a moment ago (bind port 0, read it, close).
+/// A free `ip:port` for another process to listen on, on a loopback address of its own
+/// (127.77.x.y): a port found by binding and dropping could otherwise be taken, before that
+/// process binds it, by a parallel test's port-0 listener on 127.0.0.1 — and a readiness check
+/// would then be answered by the wrong server.
+pub fn free_addr() -> SocketAddr {
+    let n: u16 = rand::random();
+    let ip = std::net::Ipv4Addr::new(127, 77, (n >> 8) as u8, (n as u8).max(1));
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("find a free loopback address")
+}
+
+/// A port nothing listens on now, on 127.0.0.1 (prefer [`free_addr`] for another process).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -362,10 +375,8 @@ impl SplicerProcess {
     ) -> SplicerProcess {
         use tokio::io::AsyncBufReadExt;
         for _ in 0..5 {
-            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let addrs: Vec<SocketAddr> = (0..listeners)
-                .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
-                .collect();
+            let admin = free_addr();
+            let addrs: Vec<SocketAddr> = (0..listeners).map(|_| free_addr()).collect();
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("splicer.toml");
             std::fs::write(&path, make_config(admin, &addrs)).expect("write config");
