@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::config::{ListenerConfig, SendProxy};
+use crate::config::{ListenerConfig, PoolConfig, SendProxy};
 use crate::net::connect::{connect, ConnectFailure};
 use crate::net::listener::Accepted;
 use crate::net::pump::{self, End, Traffic};
@@ -102,9 +102,9 @@ enum NoConnection {
 /// Tries the picked backend, then up to `retries` other ones, never the same one twice.
 async fn connect_with_retries(
     pool: &Pool,
+    config: &PoolConfig,
     client: SocketAddr,
 ) -> Result<(TcpStream, Lease), NoConnection> {
-    let config = pool.config();
     let attempts = config.retries as usize + 1;
     let mut tried: Vec<SocketAddr> = Vec::with_capacity(attempts.min(8));
     let mut last_failure = None;
@@ -310,9 +310,11 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         }
     }
     let pool = log.pool.clone();
+    // One load of the pool's settings for the whole connection: retries, timeouts and PROXY.
+    let config = pool.config();
 
     let connected = tokio::select! {
-        r = connect_with_retries(&pool, opening.client) => r,
+        r = connect_with_retries(&pool, &config, opening.client) => r,
         _ = stop.cancelled() => {
             log_end(&ctx, &log, &Traffic::default(), started, End::Shutdown.as_str());
             return;
@@ -335,7 +337,7 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
     let traffic = Traffic::default();
 
     // Our PROXY header first, then the bytes the client already sent, then the live stream.
-    let header = proxy_header_for(pool.config().send_proxy, &opening, &client, ctx.local_addr);
+    let header = proxy_header_for(config.send_proxy, &opening, &client, ctx.local_addr);
     let mut preamble = header.unwrap_or_default();
     preamble.extend_from_slice(&opening.replay);
     if !preamble.is_empty() {

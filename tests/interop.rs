@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use tempfile::TempDir;
 
-use common::{backend_state, backends_toml, start_splicer, WAIT};
+use common::{backend_state, backends_toml, free_addr, start_splicer, WAIT};
 
 /// The name the certificate is issued to and clients ask for.
 const HOST: &str = "backend.test";
@@ -79,14 +79,7 @@ impl Drop for Nginx {
 /// waits until it accepts connections.
 async fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> Nginx {
     let binary = find_program("nginx", "nginx-light");
-    // An address of its own, so no parallel test's listener can take the port before nginx.
-    let addr = {
-        let n: u16 = rand::random();
-        let ip = std::net::Ipv4Addr::new(127, 78, (n >> 8) as u8, (n as u8).max(1));
-        StdListener::bind((ip, 0))
-            .and_then(|l| l.local_addr())
-            .expect("probe a free address")
-    };
+    let addr = free_addr();
     let d = dir.display();
     let conf = format!(
         r#"

@@ -25,8 +25,6 @@ use crate::app::AppState;
 use crate::metrics;
 use crate::pool::{AdminAction, AdminError};
 
-pub use status::timestamp;
-
 /// An admin client that sends nothing for this long is dropped, so idle sockets can't pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
