@@ -27,6 +27,8 @@ pub enum ListenerError {
 
 /// Binds `addr` with SO_REUSEADDR, SO_REUSEPORT (so a new process can take over the port during
 /// upgrades) and the given backlog. IPv6 sockets are v6-only so `[::]` and `0.0.0.0` can coexist.
+/// TCP_NODELAY is set here once: Linux copies it to every accepted socket, which saves a
+/// setsockopt per connection.
 pub fn bind(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, ListenerError> {
     let err = |source| ListenerError::Bind { addr, source };
     let socket =
@@ -38,6 +40,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Lis
         socket.set_only_v6(true).map_err(err)?;
     }
     socket.set_nonblocking(true).map_err(err)?;
+    socket.set_nodelay(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(err)?;
@@ -59,7 +62,7 @@ const EXHAUSTION_BACKOFF: Duration = Duration::from_millis(100);
 
 /// An accepted client, with its connection slot (released when dropped).
 pub struct Accepted {
-    /// The client socket (TCP_NODELAY set).
+    /// The client socket (TCP_NODELAY set, inherited from the listener on Linux).
     pub stream: TcpStream,
     /// Client address.
     pub peer: SocketAddr,
@@ -95,6 +98,8 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 exhausted_logged = false;
+                // Elsewhere accepted sockets may not inherit the listener's TCP_NODELAY.
+                #[cfg(not(target_os = "linux"))]
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(listener = name, client = %peer, error = %e, "cannot set TCP_NODELAY");
                 }
@@ -125,4 +130,37 @@ pub async fn accept_loop(
 /// Makes the kernel send RST instead of FIN when `stream` is closed.
 pub fn set_reset_on_close(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets carry TCP_NODELAY (inherited from the listener on Linux, set per
+    /// connection elsewhere), so small TLS records are not held back by Nagle.
+    #[tokio::test]
+    async fn accepted_clients_have_nodelay() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let listener = TcpListener::from_std(bind(addr, 16).expect("bind")).expect("listener");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let accepting = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                accept_loop("test", &listener, None, stop, |a| {
+                    let _ = tx.send(a);
+                })
+                .await
+            })
+        };
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let accepted = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("accepted in time")
+            .expect("accept loop alive");
+        assert!(accepted.stream.nodelay().expect("nodelay"));
+        stop.cancel();
+        accepting.await.expect("accept loop ends");
+    }
 }

@@ -1,0 +1,236 @@
+//! Tests of the pump on real loopback sockets: bursts that switch between the copy and splice
+//! paths, a receiver too slow for the copy path's writes, data and FIN arriving together, and
+//! the shutdown that is skipped once both directions ended.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+/// Every wait in these tests ends by then.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// The four sockets of a proxied connection: the pump sits between `near_client` (accepted
+/// from `client`) and `near_backend` (connected to the backend, accepted as `backend`).
+struct Wires {
+    client: TcpStream,
+    near_client: TcpStream,
+    near_backend: TcpStream,
+    backend: TcpStream,
+}
+
+async fn pair(tune_listener: impl FnOnce(&TcpListener)) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    tune_listener(&listener);
+    let addr: SocketAddr = listener.local_addr().expect("local addr");
+    let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (connected.expect("connect"), accepted.expect("accept").0)
+}
+
+async fn wires() -> Wires {
+    let (client, near_client) = pair(|_| {}).await;
+    let (near_backend, backend) = pair(|_| {}).await;
+    Wires {
+        client,
+        near_client,
+        near_backend,
+        backend,
+    }
+}
+
+/// Runs the pump over the middle two sockets; its result is the connection's end and traffic.
+fn pump(near_client: TcpStream, near_backend: TcpStream) -> JoinHandle<(End, u64, u64)> {
+    tokio::spawn(async move {
+        let stop = CancellationToken::new();
+        let cut = CancellationToken::new();
+        let traffic = Traffic::default();
+        let limits = Limits {
+            idle_timeout: None,
+            stop: &stop,
+            cut: &cut,
+        };
+        let end = run(
+            &near_client,
+            &near_backend,
+            limits,
+            &traffic,
+            &|_| {},
+            &|_| {},
+        )
+        .await;
+        (
+            end,
+            traffic.to_backend.load(Ordering::Relaxed),
+            traffic.to_client.load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// Deterministic bytes: burst `i` is filled with a pattern that differs from its neighbours'.
+fn burst(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
+}
+
+async fn read_exactly(from: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    tokio::time::timeout(LIMIT, from.read_exact(&mut buf))
+        .await
+        .expect("bytes arrive in time")
+        .expect("read");
+    buf
+}
+
+async fn expect_eof(from: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(LIMIT, from.read(&mut byte))
+        .await
+        .expect("EOF arrives in time")
+        .expect("read");
+    assert_eq!(n, 0, "expected EOF, got a byte");
+}
+
+/// Sizes around the copy buffer (16 KiB) and far above it, so a direction goes copy → splice
+/// → copy several times; each burst is delivered before the next is sent.
+#[tokio::test]
+async fn bursts_of_every_size_arrive_intact_both_ways() {
+    let Wires {
+        mut client,
+        near_client,
+        near_backend,
+        mut backend,
+    } = wires().await;
+    let pumping = pump(near_client, near_backend);
+    let sizes = [
+        1,
+        64,
+        COPY_CHUNK - 1,
+        COPY_CHUNK,
+        COPY_CHUNK + 1,
+        5,
+        3 << 20,
+        100,
+        200_000,
+        1,
+    ];
+    let mut total = 0u64;
+    for (i, &len) in sizes.iter().enumerate() {
+        let up = burst(i, len);
+        let (w, got) = tokio::join!(client.write_all(&up), read_exactly(&mut backend, len));
+        w.expect("client write");
+        assert!(got == up, "upstream burst {i} ({len} B) arrived changed");
+        let down = burst(i + 100, len);
+        let (w, got) = tokio::join!(backend.write_all(&down), read_exactly(&mut client, len));
+        w.expect("backend write");
+        assert!(
+            got == down,
+            "downstream burst {i} ({len} B) arrived changed"
+        );
+        total += len as u64;
+    }
+    client.shutdown().await.expect("client shutdown");
+    expect_eof(&mut backend).await;
+    backend.shutdown().await.expect("backend shutdown");
+    expect_eof(&mut client).await;
+    let (end, to_backend, to_client) = tokio::time::timeout(LIMIT, pumping)
+        .await
+        .expect("pump ends")
+        .expect("pump task");
+    assert_eq!(end, End::ClientClosed);
+    assert_eq!((to_backend, to_client), (total, total));
+}
+
+/// Small writes to a receiver that does not read yet: the copy path's writes stop fitting in
+/// the (shrunk) send buffer, and what does not fit must still arrive, in order, once it reads.
+#[tokio::test]
+async fn small_writes_to_a_stalled_receiver_arrive_intact() {
+    let (mut client, near_client) = pair(|_| {}).await;
+    let (near_backend, mut backend) = pair(|l| {
+        // Inherited by the accepted socket: a small window toward the receiver.
+        let _ = SockRef::from(l).set_recv_buffer_size(4096);
+    })
+    .await;
+    SockRef::from(&near_backend)
+        .set_send_buffer_size(4096)
+        .expect("SO_SNDBUF");
+    let pumping = pump(near_client, near_backend);
+
+    const TOTAL: usize = 48 * 1024;
+    let data = burst(7, TOTAL);
+    // Everything is written before the receiver reads a byte; far more than the shrunk
+    // buffers between the pump and the receiver hold.
+    for chunk in data.chunks(1000) {
+        tokio::time::timeout(LIMIT, client.write_all(chunk))
+            .await
+            .expect("the sender is not blocked")
+            .expect("client write");
+    }
+    client.shutdown().await.expect("client shutdown");
+    let got = read_exactly(&mut backend, TOTAL).await;
+    assert!(got == data, "bytes arrived changed or out of order");
+    expect_eof(&mut backend).await;
+    drop(backend);
+    drop(client);
+    let (end, to_backend, _) = tokio::time::timeout(LIMIT, pumping)
+        .await
+        .expect("pump ends")
+        .expect("pump task");
+    assert_eq!(to_backend, TOTAL as u64);
+    assert!(
+        matches!(
+            end,
+            End::ClientClosed | End::BackendReset | End::BackendClosed
+        ),
+        "unexpected end {end:?}"
+    );
+}
+
+/// A request and its FIN in one go, then the answer and its FIN: the short read that carries
+/// the data must not hide the EOF behind it (readiness is cleared after short reads).
+#[tokio::test]
+async fn data_followed_at_once_by_fin_passes_both_ways() {
+    let Wires {
+        mut client,
+        near_client,
+        near_backend,
+        mut backend,
+    } = wires().await;
+    let pumping = pump(near_client, near_backend);
+    client.write_all(&[1u8; 64]).await.expect("client write");
+    client.shutdown().await.expect("client shutdown");
+    assert_eq!(read_exactly(&mut backend, 64).await, vec![1u8; 64]);
+    expect_eof(&mut backend).await;
+    backend.write_all(&[2u8; 64]).await.expect("backend write");
+    backend.shutdown().await.expect("backend shutdown");
+    assert_eq!(read_exactly(&mut client, 64).await, vec![2u8; 64]);
+    expect_eof(&mut client).await;
+    let (end, to_backend, to_client) = tokio::time::timeout(LIMIT, pumping)
+        .await
+        .expect("pump ends")
+        .expect("pump task");
+    assert_eq!(end, End::ClientClosed);
+    assert_eq!((to_backend, to_client), (64, 64));
+}
+
+/// The first EOF shuts the other socket's write side (half-close); the second leaves it to
+/// close(2), which follows at once.
+#[tokio::test]
+async fn only_the_first_eof_shuts_the_other_side_down() {
+    let (mut first_peer, first) = pair(|_| {}).await;
+    let (_second_peer, second) = pair(|_| {}).await;
+    let seen = AtomicBool::new(false);
+    assert!(matches!(eof(&first, &seen), DirEnd::Eof));
+    expect_eof(&mut first_peer).await;
+    assert!(matches!(eof(&second, &seen), DirEnd::Eof));
+    // A shut-down socket refuses writes (EPIPE); this one still takes them.
+    tokio::time::timeout(LIMIT, second.writable())
+        .await
+        .expect("writable in time")
+        .expect("writable");
+    assert_eq!(second.try_write(b"x").expect("still open for writing"), 1);
+}
