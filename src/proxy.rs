@@ -295,7 +295,7 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         r = read_opening(&ctx, &mut client, peer) => r,
         _ = stop.cancelled() => Err(Refused::Gone),
     };
-    let opening = match opening {
+    let mut opening = match opening {
         Ok(o) => o,
         Err(refused) => {
             log_end(&ctx, &log, &Traffic::default(), started, refused.as_str());
@@ -337,17 +337,28 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
     let traffic = Traffic::default();
 
     // Our PROXY header first, then the bytes the client already sent, then the live stream.
-    let header = proxy_header_for(config.send_proxy, &opening, &client, ctx.local_addr);
-    let mut preamble = header.unwrap_or_default();
-    preamble.extend_from_slice(&opening.replay);
-    if !preamble.is_empty() {
-        if backend_stream.write_all(&preamble).await.is_err() {
-            log_end(&ctx, &log, &traffic, started, End::BackendReset.as_str());
-            return;
+    // In a block of its own, so the buffers are freed before the pump: a connection's locals
+    // that live across the pump are held for all of its (possibly idle) life.
+    {
+        let header = proxy_header_for(config.send_proxy, &opening, &client, ctx.local_addr);
+        let header_len = header.as_ref().map_or(0, Vec::len);
+        let replay = std::mem::take(&mut opening.replay);
+        let preamble = match header {
+            Some(mut h) => {
+                h.extend_from_slice(&replay);
+                h
+            }
+            None => replay,
+        };
+        if !preamble.is_empty() {
+            if backend_stream.write_all(&preamble).await.is_err() {
+                log_end(&ctx, &log, &traffic, started, End::BackendReset.as_str());
+                return;
+            }
+            let n = (preamble.len() - header_len) as u64;
+            traffic.to_backend.fetch_add(n, Ordering::Relaxed);
+            backend.add_bytes_to_backend(n);
         }
-        let n = opening.replay.len() as u64;
-        traffic.to_backend.fetch_add(n, Ordering::Relaxed);
-        backend.add_bytes_to_backend(n);
     }
 
     let cut = backend.cut_token();

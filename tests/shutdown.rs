@@ -91,8 +91,10 @@ impl Splicer {
 }
 
 /// Starts `splicer run` in front of `backend` on fixed free ports and waits until `/ready` is
-/// 200. A port taken between finding and binding it (exit 1, "in use") is retried.
-async fn start_splicer(backend: SocketAddr, drain_timeout: &str) -> Splicer {
+/// 200. A port taken between finding and binding it (exit 1, "in use") is retried. `workers = 1`
+/// runs everything on the main thread (tokio's single-threaded scheduler), more than one on a
+/// thread pool: both must drain and stop the same way.
+async fn start_splicer(backend: SocketAddr, drain_timeout: &str, workers: usize) -> Splicer {
     for _ in 0..5 {
         let listen = free_addr();
         let admin = free_addr();
@@ -105,7 +107,7 @@ bind = "{admin}"
 
 [runtime]
 drain_timeout = "{drain_timeout}"
-workers = 2
+workers = {workers}
 
 [[listener]]
 name = "front"
@@ -269,7 +271,7 @@ fn assert_pattern(bytes: &[u8]) {
 async fn sigterm_drains_the_open_transfer_then_exits_0() {
     const CHUNKS: usize = 40; // ~2 s
     let backend = slow_backend().await;
-    let mut splicer = start_splicer(backend.addr, "10s").await;
+    let mut splicer = start_splicer(backend.addr, "10s", 1).await;
     let transfer = start_transfer(splicer.listen, CHUNKS).await;
 
     let term_at = Instant::now();
@@ -345,7 +347,7 @@ async fn sigterm_drains_the_open_transfer_then_exits_0() {
 async fn drain_timeout_cuts_a_long_transfer_and_exits_0() {
     const CHUNKS: usize = 100; // ~5 s
     let backend = slow_backend().await;
-    let mut splicer = start_splicer(backend.addr, "500ms").await;
+    let mut splicer = start_splicer(backend.addr, "500ms", 2).await;
     let transfer = start_transfer(splicer.listen, CHUNKS).await;
 
     let term_at = Instant::now();
@@ -388,7 +390,7 @@ async fn drain_timeout_cuts_a_long_transfer_and_exits_0() {
 async fn second_sigterm_during_the_drain_exits_1_at_once() {
     const CHUNKS: usize = 100; // ~5 s
     let backend = slow_backend().await;
-    let mut splicer = start_splicer(backend.addr, "10s").await;
+    let mut splicer = start_splicer(backend.addr, "10s", 2).await;
     let transfer = start_transfer(splicer.listen, CHUNKS).await;
 
     splicer.signal(libc::SIGTERM);
@@ -420,7 +422,7 @@ async fn second_sigterm_during_the_drain_exits_1_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_with_nothing_open_exits_0_promptly() {
     let backend = slow_backend().await;
-    let mut splicer = start_splicer(backend.addr, "10s").await;
+    let mut splicer = start_splicer(backend.addr, "10s", 1).await;
     let int_at = Instant::now();
     splicer.signal(libc::SIGINT);
     let (status, exited_at) = splicer.exit_within(WAIT).await;

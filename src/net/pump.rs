@@ -1,13 +1,16 @@
 //! Moves bytes both ways between client and backend until both directions end or one side
-//! resets. Small bursts are copied through a stack buffer, bulk is spliced through a pooled
+//! resets. Small bursts are copied through a per-thread buffer, bulk is spliced through a pooled
 //! pipe (Linux): an idle connection holds neither buffer nor pipe.
 //! EOF on one side becomes a write-shutdown toward the other (half-close); a reset on one side
 //! is passed on as a reset (SO_LINGER 0) to the other.
 
-use std::future::pending;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::Shutdown;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -18,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::listener::set_reset_on_close;
 
-/// Bytes per read on the copy path: a burst up to this size is copied through the stack, a
-/// larger one is spliced.
+/// Bytes per read on the copy path: a burst up to this size is copied through a per-thread
+/// buffer, a larger one is spliced.
 const COPY_CHUNK: usize = 16 * 1024;
 
 /// How a proxied connection ended (the access log's `end`).
@@ -143,9 +146,21 @@ fn eof(to: &TcpStream, eof_seen: &AtomicBool) -> DirEnd {
     DirEnd::Eof
 }
 
+/// Waits until `stream` may be readable. Through the socket's own reader slot rather than
+/// `readable()`, whose waiter node (150 bytes) would sit in every idle connection's future;
+/// each socket has one reader (its direction) and one writer (the other), as that slot needs.
+async fn read_ready(stream: &TcpStream) -> io::Result<()> {
+    poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
+/// Waits until `stream` may be writable (its writer slot; see `read_ready`).
+async fn write_ready(stream: &TcpStream) -> io::Result<()> {
+    poll_fn(|cx| stream.poll_write_ready(cx)).await
+}
+
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
-        to.writable().await?;
+        write_ready(to).await?;
         match to.try_write(data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -172,14 +187,25 @@ enum Copied {
     DestReset,
 }
 
-/// Reads once from `from` into a stack buffer and writes it straight to `to`. Synchronous, so
-/// the buffer is on the worker's stack only while bytes pass through and never part of the
-/// connection's future: idle connections hold no buffer. Only bytes `to` cannot take at once
-/// (its send buffer is full) go to the heap.
+thread_local! {
+    /// The copy path's buffer, one per worker thread: zeroed once, not per read, and never part
+    /// of a connection's future, so idle connections hold no buffer.
+    static COPY_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; COPY_CHUNK].into_boxed_slice());
+}
+
+/// Reads once from `from` into this thread's buffer and writes it straight to `to`. Only bytes
+/// `to` cannot take at once (its send buffer is full) go to the heap.
 fn copy_once(from: &TcpStream, to: &TcpStream) -> Copied {
-    let mut buf = [0u8; COPY_CHUNK];
+    COPY_BUF.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut buf) => copy_through(from, to, &mut buf),
+        // Unreachable (nothing here re-enters), but a fresh buffer is cheaper than a panic.
+        Err(_) => copy_through(from, to, &mut vec![0; COPY_CHUNK]),
+    })
+}
+
+fn copy_through(from: &TcpStream, to: &TcpStream, buf: &mut [u8]) -> Copied {
     let n = loop {
-        match from.try_read(&mut buf) {
+        match from.try_read(buf) {
             Ok(0) => return Copied::Eof,
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Copied::Empty,
@@ -201,7 +227,7 @@ fn copy_once(from: &TcpStream, to: &TcpStream) -> Copied {
             Err(_) => return Copied::DestReset,
         }
     }
-    let full = n == COPY_CHUNK;
+    let full = n == buf.len();
     if !full {
         clear_readable(from);
     }
@@ -243,7 +269,7 @@ impl Direction<'_> {
 
     /// Moves bytes until the source sends EOF or either side fails.
     ///
-    /// Small bursts (TLS handshakes, requests, acknowledgements) are copied through a stack
+    /// Small bursts (TLS handshakes, requests, acknowledgements) are copied through a per-thread
     /// buffer: two cheap syscalls, and a short read proves the socket drained. A burst that
     /// fills the buffer marks the direction as bulk, and bulk moves with splice(2) (Linux)
     /// through a pooled pipe, never through userspace, until a burst is small again; this is
@@ -253,7 +279,7 @@ impl Direction<'_> {
         // Cleared for good when no pipe can be had (out of file descriptors).
         let mut can_splice = cfg!(target_os = "linux");
         loop {
-            if self.from.readable().await.is_err() {
+            if read_ready(self.from).await.is_err() {
                 return DirEnd::SourceReset;
             }
             if bulk && can_splice {
@@ -322,7 +348,7 @@ impl Direction<'_> {
                     let mut left = n;
                     while left > 0 {
                         // On an error the pipe (still holding bytes) is dropped, not pooled.
-                        if self.to.writable().await.is_err() {
+                        if write_ready(self.to).await.is_err() {
                             return Burst::End(DirEnd::DestReset);
                         }
                         match splice::drain(&pipe, self.to, left) {
@@ -390,30 +416,37 @@ pub async fn run(
     let activity = activity.as_ref();
     // Set by the first direction to see EOF; the second then skips its (redundant) shutdown.
     let one_eof = AtomicBool::new(false);
-    let upstream = Direction {
-        from: client,
-        to: backend,
-        counter: &traffic.to_backend,
-        on_bytes: on_to_backend,
-        activity,
-        eof_seen: &one_eof,
+    // Built in place (`pin!`): futures moved between locals can take their space twice.
+    let (up, down) = (
+        Direction {
+            from: client,
+            to: backend,
+            counter: &traffic.to_backend,
+            on_bytes: on_to_backend,
+            activity,
+            eof_seen: &one_eof,
+        },
+        Direction {
+            from: backend,
+            to: client,
+            counter: &traffic.to_client,
+            on_bytes: on_to_client,
+            activity,
+            eof_seen: &one_eof,
+        },
+    );
+    let mut upstream = pin!(up.run());
+    let mut downstream = pin!(down.run());
+    // Boxed, and only with an idle timeout: its timer would otherwise be part of every
+    // connection's future (and so of its idle memory) whether used or not.
+    let mut idle_timer = match (idle_timeout, activity) {
+        (Some(limit), Some(a)) => Some(Box::pin(a.idle_for(limit, [client, backend]))),
+        _ => None,
     };
-    let downstream = Direction {
-        from: backend,
-        to: client,
-        counter: &traffic.to_client,
-        on_bytes: on_to_client,
-        activity,
-        eof_seen: &one_eof,
-    };
-    let (upstream, downstream) = (upstream.run(), downstream.run());
-    let idle = async {
-        match (idle_timeout, activity) {
-            (Some(limit), Some(a)) => a.idle_for(limit, [client, backend]).await,
-            _ => pending().await,
-        }
-    };
-    tokio::pin!(upstream, downstream, idle);
+    let mut idle = pin!(poll_fn(|cx| match idle_timer.as_mut() {
+        Some(f) => f.as_mut().poll(cx),
+        None => Poll::Pending,
+    }));
     let (mut up_done, mut down_done) = (false, false);
     let mut client_closed_first = None;
     loop {
