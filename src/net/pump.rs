@@ -278,12 +278,14 @@ impl Direction<'_> {
         let mut bulk = false;
         // Cleared for good when no pipe can be had (out of file descriptors).
         let mut can_splice = cfg!(target_os = "linux");
+        // A pipe this direction keeps between bursts (never, with the default pooled pipes).
+        let mut held = None;
         loop {
             if read_ready(self.from).await.is_err() {
                 return DirEnd::SourceReset;
             }
             if bulk && can_splice {
-                match self.splice_burst().await {
+                match self.splice_burst(&mut held).await {
                     Burst::Drained(moved) => bulk = moved >= COPY_CHUNK,
                     Burst::NoPipe => can_splice = false,
                     Burst::End(end) => return end,
@@ -327,9 +329,9 @@ enum Burst {
 #[cfg(target_os = "linux")]
 impl Direction<'_> {
     /// Splices socket → pipe → socket until the source would block.
-    async fn splice_burst(&self) -> Burst {
+    async fn splice_burst(&self, held: &mut Option<super::splice::Pipe>) -> Burst {
         use super::splice::{self, PIPE_CHUNK};
-        let pipe = match splice::take() {
+        let pipe = match splice::take(held) {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "no pipe for splice; copying through userspace");
@@ -340,7 +342,7 @@ impl Direction<'_> {
         loop {
             match splice::fill(self.from, &pipe, PIPE_CHUNK) {
                 Ok(0) => {
-                    splice::give_back(pipe);
+                    splice::give_back(pipe, held);
                     return Burst::End(eof(self.to, self.eof_seen));
                 }
                 Ok(n) => {
@@ -365,7 +367,7 @@ impl Direction<'_> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    splice::give_back(pipe);
+                    splice::give_back(pipe, held);
                     return Burst::Drained(moved);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -378,7 +380,7 @@ impl Direction<'_> {
 #[cfg(not(target_os = "linux"))]
 impl Direction<'_> {
     /// Never called: `can_splice` is false off Linux.
-    async fn splice_burst(&self) -> Burst {
+    async fn splice_burst(&self, _held: &mut Option<()>) -> Burst {
         Burst::NoPipe
     }
 }
