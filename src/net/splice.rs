@@ -19,9 +19,12 @@ use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Most bytes moved per splice call: the default pipe capacity (16 pages), so one fill never
-/// blocks on the pipe itself.
-pub const PIPE_CHUNK: usize = 64 * 1024;
+/// Capacity asked for each pipe (F_SETPIPE_SZ), and so the most bytes one splice call moves.
+/// Four times the kernel's default: one call then carries up to 64 segments instead of 16,
+/// which halved splicer's CPU per GiB on loopback (docs/benchmarks.md). Best effort: past the
+/// per-user pipe budget (`/proc/sys/fs/pipe-user-pages-soft`, 64 MiB of capacity by default)
+/// an unprivileged process gets default-sized pipes, which work the same, only slower.
+pub const PIPE_CHUNK: usize = 256 * 1024;
 
 /// Pipes kept per worker thread: enough for the bursts in flight on one thread at a time;
 /// beyond it, pipes are closed rather than hoarded.
@@ -73,8 +76,12 @@ fn strategy() -> PipeStrategy {
     }
 }
 
-fn new_pipe() -> io::Result<Pipe> {
+/// A new pipe of (at best) `size` bytes.
+fn new_pipe(size: usize) -> io::Result<Pipe> {
     let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    if let Err(e) = fcntl_setpipe_size(&write, size) {
+        tracing::trace!(error = %e, size, "pipe keeps its default size");
+    }
     Ok(Pipe { read, write })
 }
 
@@ -87,14 +94,10 @@ pub fn take(held: &mut Option<Pipe>) -> io::Result<Pipe> {
     match strategy() {
         PipeStrategy::Pooled => match POOL.with(|pool| pool.borrow_mut().pop()) {
             Some(p) => Ok(p),
-            None => new_pipe(),
+            None => new_pipe(PIPE_CHUNK),
         },
-        PipeStrategy::Kept => new_pipe(),
-        PipeStrategy::Sized => {
-            let p = new_pipe()?;
-            fcntl_setpipe_size(&p.write, SIZED_PIPE)?;
-            Ok(p)
-        }
+        PipeStrategy::Kept => new_pipe(PIPE_CHUNK),
+        PipeStrategy::Sized => new_pipe(SIZED_PIPE),
     }
 }
 
