@@ -15,6 +15,12 @@ use splicer::config::{self, Config, LogFormat};
 use splicer::rig::{Rig, RigOptions};
 use splicer::status_cmd::{self, StatusCmdError};
 
+/// mimalloc instead of glibc's allocator: every connection allocates a tokio task and two socket
+/// registrations, all cache-line aligned, and glibc serves aligned allocations on its slow path
+/// (about 3,000 instructions per connection, measured with callgrind).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for usage and configuration errors.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for runtime failures (e.g. an address already in use).
