@@ -15,6 +15,9 @@
 //! so they are the proxy's own cost, kernel work for its syscalls included.
 
 #[allow(dead_code)]
+#[path = "proxy/backends.rs"]
+mod backends;
+#[allow(dead_code)]
 #[path = "proxy/sys.rs"]
 mod sys;
 
@@ -111,8 +114,10 @@ fn main() {
         splice::SIZED_PIPE >> 10,
         pipe_bytes_each[2]
     );
-    let discard = discard_backend(load_core);
-    let answer = answer_backend(load_core);
+    // Backend threads inherit this thread's CPU (the load side).
+    let discard_server = backends::discard();
+    let discard = discard_server.addr;
+    let answer = answer_backend();
     for run in 1..=opts.runs {
         for (i, &(strategy, label)) in STRATEGIES.iter().enumerate() {
             splice::set_strategy(strategy);
@@ -318,46 +323,15 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Reads everything until EOF, then answers the byte count (8 bytes, little endian).
-fn discard_backend(core: Option<usize>) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                if let Some(c) = core {
-                    let _ = sys::pin_current_thread(c);
-                }
-                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0u64;
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => total += n as u64,
-                        Err(_) => return,
-                    }
-                }
-                let _ = s.write_all(&total.to_le_bytes());
-            });
-        }
-    });
-    addr
-}
-
 /// Reads a 64-byte request, answers `ANSWER` bytes, then waits for the client's EOF (so the
 /// idle case can keep connections open) and closes.
-fn answer_backend(core: Option<usize>) -> SocketAddr {
+fn answer_backend() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
-                if let Some(c) = core {
-                    let _ = sys::pin_current_thread(c);
-                }
                 let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
                 let _ = s.set_write_timeout(Some(IO_TIMEOUT));
                 let mut req = [0u8; REQUEST];
@@ -423,16 +397,7 @@ fn responses(addr: SocketAddr, secs: f64) -> (u64, f64) {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let mut s = connect(addr);
-                    s.write_all(&[1u8; REQUEST]).expect("request");
-                    let mut got = 0;
-                    while got < ANSWER {
-                        match s.read(&mut buf) {
-                            Ok(0) => panic!("answer cut short at {got} bytes"),
-                            Ok(n) => got += n,
-                            Err(e) => panic!("answer: {e}"),
-                        }
-                    }
+                    drop(ask(addr, &mut buf));
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -444,6 +409,21 @@ fn responses(addr: SocketAddr, secs: f64) -> (u64, f64) {
         h.join().expect("client thread");
     }
     (done.load(Ordering::Relaxed), start.elapsed().as_secs_f64())
+}
+
+/// Connects, sends a request and reads the whole answer; returns the open connection.
+fn ask(addr: SocketAddr, buf: &mut [u8]) -> TcpStream {
+    let mut s = connect(addr);
+    s.write_all(&[1u8; REQUEST]).expect("request");
+    let mut got = 0;
+    while got < ANSWER {
+        match s.read(buf) {
+            Ok(0) => panic!("answer cut short at {got} bytes"),
+            Ok(n) => got += n,
+            Err(e) => panic!("answer: {e}"),
+        }
+    }
+    s
 }
 
 /// Kernel slab memory in bytes (/proc/meminfo `Slab`).
@@ -501,17 +481,7 @@ fn idle_after_answer(addr: SocketAddr, n: usize) -> (f64, f64) {
     let mut open = Vec::with_capacity(n);
     let mut buf = vec![0u8; 64 * 1024];
     for _ in 0..n {
-        let mut s = connect(addr);
-        s.write_all(&[1u8; REQUEST]).expect("request");
-        let mut got = 0;
-        while got < ANSWER {
-            match s.read(&mut buf) {
-                Ok(0) => panic!("answer cut short at {got} bytes"),
-                Ok(k) => got += k,
-                Err(e) => panic!("answer: {e}"),
-            }
-        }
-        open.push(s);
+        open.push(ask(addr, &mut buf));
     }
     let after = sys::fds(pid);
     let pipes = after.pipes.saturating_sub(before.pipes) as f64 / 2.0 / n as f64;

@@ -16,15 +16,6 @@ use super::*;
 /// Every wait in these tests ends by then.
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// The four sockets of a proxied connection: the pump sits between `near_client` (accepted
-/// from `client`) and `near_backend` (connected to the backend, accepted as `backend`).
-struct Wires {
-    client: TcpStream,
-    near_client: TcpStream,
-    near_backend: TcpStream,
-    backend: TcpStream,
-}
-
 async fn pair(tune_listener: impl FnOnce(&TcpListener)) -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     tune_listener(&listener);
@@ -33,15 +24,19 @@ async fn pair(tune_listener: impl FnOnce(&TcpListener)) -> (TcpStream, TcpStream
     (connected.expect("connect"), accepted.expect("accept").0)
 }
 
-async fn wires() -> Wires {
+/// A client and a backend with the pump between them (on the two sockets in the middle).
+async fn pumped() -> (TcpStream, TcpStream, JoinHandle<(End, u64, u64)>) {
     let (client, near_client) = pair(|_| {}).await;
     let (near_backend, backend) = pair(|_| {}).await;
-    Wires {
-        client,
-        near_client,
-        near_backend,
-        backend,
-    }
+    (client, backend, pump(near_client, near_backend))
+}
+
+/// Waits for the pump to end: how the connection ended and the bytes each way.
+async fn finished(pumping: JoinHandle<(End, u64, u64)>) -> (End, u64, u64) {
+    tokio::time::timeout(LIMIT, pumping)
+        .await
+        .expect("pump ends")
+        .expect("pump task")
 }
 
 /// Runs the pump over the middle two sockets; its result is the connection's end and traffic.
@@ -99,13 +94,7 @@ async fn expect_eof(from: &mut TcpStream) {
 /// → copy several times; each burst is delivered before the next is sent.
 #[tokio::test]
 async fn bursts_of_every_size_arrive_intact_both_ways() {
-    let Wires {
-        mut client,
-        near_client,
-        near_backend,
-        mut backend,
-    } = wires().await;
-    let pumping = pump(near_client, near_backend);
+    let (mut client, mut backend, pumping) = pumped().await;
     let sizes = [
         1,
         64,
@@ -137,10 +126,7 @@ async fn bursts_of_every_size_arrive_intact_both_ways() {
     expect_eof(&mut backend).await;
     backend.shutdown().await.expect("backend shutdown");
     expect_eof(&mut client).await;
-    let (end, to_backend, to_client) = tokio::time::timeout(LIMIT, pumping)
-        .await
-        .expect("pump ends")
-        .expect("pump task");
+    let (end, to_backend, to_client) = finished(pumping).await;
     assert_eq!(end, End::ClientClosed);
     assert_eq!((to_backend, to_client), (total, total));
 }
@@ -176,10 +162,7 @@ async fn small_writes_to_a_stalled_receiver_arrive_intact() {
     expect_eof(&mut backend).await;
     drop(backend);
     drop(client);
-    let (end, to_backend, _) = tokio::time::timeout(LIMIT, pumping)
-        .await
-        .expect("pump ends")
-        .expect("pump task");
+    let (end, to_backend, _) = finished(pumping).await;
     assert_eq!(to_backend, TOTAL as u64);
     assert!(
         matches!(
@@ -194,13 +177,7 @@ async fn small_writes_to_a_stalled_receiver_arrive_intact() {
 /// the data must not hide the EOF behind it (readiness is cleared after short reads).
 #[tokio::test]
 async fn data_followed_at_once_by_fin_passes_both_ways() {
-    let Wires {
-        mut client,
-        near_client,
-        near_backend,
-        mut backend,
-    } = wires().await;
-    let pumping = pump(near_client, near_backend);
+    let (mut client, mut backend, pumping) = pumped().await;
     client.write_all(&[1u8; 64]).await.expect("client write");
     client.shutdown().await.expect("client shutdown");
     assert_eq!(read_exactly(&mut backend, 64).await, vec![1u8; 64]);
@@ -209,10 +186,7 @@ async fn data_followed_at_once_by_fin_passes_both_ways() {
     backend.shutdown().await.expect("backend shutdown");
     assert_eq!(read_exactly(&mut client, 64).await, vec![2u8; 64]);
     expect_eof(&mut client).await;
-    let (end, to_backend, to_client) = tokio::time::timeout(LIMIT, pumping)
-        .await
-        .expect("pump ends")
-        .expect("pump task");
+    let (end, to_backend, to_client) = finished(pumping).await;
     assert_eq!(end, End::ClientClosed);
     assert_eq!((to_backend, to_client), (64, 64));
 }
