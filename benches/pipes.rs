@@ -59,7 +59,12 @@ fn main() {
         secs: 2.0,
         idle: 2_000,
     };
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs bench binaries without `--bench`: nothing to measure then.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let mut args = args.into_iter().filter(|a| a != "--bench");
     while let Some(a) = args.next() {
         match a.as_str() {
             "quick" => {
