@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 /// Four times the kernel's default: one call then carries up to 64 segments instead of 16,
 /// which halved splicer's CPU per GiB on loopback (docs/benchmarks.md). Best effort: past the
 /// per-user pipe budget (`/proc/sys/fs/pipe-user-pages-soft`, 64 MiB of capacity by default)
-/// an unprivileged process gets default-sized pipes, which work the same, only slower.
+/// an unprivileged process gets smaller pipes, which work the same, only slower.
 pub const PIPE_CHUNK: usize = 256 * 1024;
 
 /// Pipes kept per worker thread: enough for the bursts in flight on one thread at a time;
