@@ -215,6 +215,20 @@ async fn start(file: &ConfigFile) -> Splicer {
     start_splicer_file(&file.path).await
 }
 
+/// Two greeting backends, weight 1, in pool "p" behind listener "front", both seen up; the
+/// config file is returned for the test to rewrite and reload.
+async fn two_up() -> (TestServer, TestServer, ConfigFile, Splicer) {
+    let (a, b) = (greeting_backend().await, greeting_backend().await);
+    let file = ConfigFile::new(&config_text(
+        &[("front", ANY, "p", "")],
+        &[pool("p", &[(a.addr, 1), (b.addr, 1)])],
+    ));
+    let splicer = start(&file).await;
+    wait_state(splicer.admin, "p", a.addr, "up").await;
+    wait_state(splicer.admin, "p", b.addr, "up").await;
+    (a, b, file, splicer)
+}
+
 /// `POST /reload`: (status code, JSON body).
 async fn reload(admin: SocketAddr) -> (u16, Value) {
     let (code, body) = http(admin, "POST", "/reload", "").await;
@@ -385,14 +399,7 @@ async fn added_backend_starts_down_comes_up_after_rise_then_takes_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_idle_backend_leaves_status_and_rotation() {
-    let (a, b) = (greeting_backend().await, greeting_backend().await);
-    let file = ConfigFile::new(&config_text(
-        &[("front", ANY, "p", "")],
-        &[pool("p", &[(a.addr, 1), (b.addr, 1)])],
-    ));
-    let mut splicer = start(&file).await;
-    wait_state(splicer.admin, "p", a.addr, "up").await;
-    wait_state(splicer.admin, "p", b.addr, "up").await;
+    let (a, b, file, mut splicer) = two_up().await;
     let before = tally(&exchanges(splicer.addr, 4).await);
     assert_eq!(before.get(&b.addr), Some(&2), "{before:?}");
 
@@ -420,14 +427,7 @@ async fn removed_idle_backend_leaves_status_and_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_backend_in_use_drains_until_its_last_connection_ends() {
-    let (a, b) = (greeting_backend().await, greeting_backend().await);
-    let file = ConfigFile::new(&config_text(
-        &[("front", ANY, "p", "")],
-        &[pool("p", &[(a.addr, 1), (b.addr, 1)])],
-    ));
-    let mut splicer = start(&file).await;
-    wait_state(splicer.admin, "p", a.addr, "up").await;
-    wait_state(splicer.admin, "p", b.addr, "up").await;
+    let (a, b, file, mut splicer) = two_up().await;
     let mut held = hold_to(splicer.addr, b.addr).await;
 
     file.write(&config_text(
@@ -541,14 +541,7 @@ async fn kept_backends_keep_state_and_counters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weight_change_applies_to_round_robin() {
-    let (a, b) = (greeting_backend().await, greeting_backend().await);
-    let file = ConfigFile::new(&config_text(
-        &[("front", ANY, "p", "")],
-        &[pool("p", &[(a.addr, 1), (b.addr, 1)])],
-    ));
-    let mut splicer = start(&file).await;
-    wait_state(splicer.admin, "p", a.addr, "up").await;
-    wait_state(splicer.admin, "p", b.addr, "up").await;
+    let (a, b, file, mut splicer) = two_up().await;
     let counts = tally(&exchanges(splicer.addr, 10).await);
     assert_eq!(counts.get(&a.addr), Some(&5), "{counts:?}");
     assert_eq!(counts.get(&b.addr), Some(&5), "{counts:?}");

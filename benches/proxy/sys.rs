@@ -118,7 +118,18 @@ pub fn raise_nofile() -> u64 {
 /// utime + stime of the whole process `pid` (all its threads), in seconds. The kernel counts
 /// in clock ticks (normally 10 ms), which bounds the resolution of every CPU figure.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of one thread `tid` of this process, in seconds (same resolution).
+#[allow(dead_code)] // benches/pipes.rs measures a thread; benches/proxy.rs whole processes
+pub fn thread_cpu_seconds(tid: i64) -> f64 {
+    stat_cpu_seconds(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// utime + stime from a `/proc/.../stat` file, in seconds.
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // The command name (field 2) may contain spaces; everything after its ")" is fixed.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();

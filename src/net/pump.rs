@@ -418,7 +418,6 @@ pub async fn run(
     let activity = activity.as_ref();
     // Set by the first direction to see EOF; the second then skips its (redundant) shutdown.
     let one_eof = AtomicBool::new(false);
-    // Built in place (`pin!`): futures moved between locals can take their space twice.
     let (up, down) = (
         Direction {
             from: client,
