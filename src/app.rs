@@ -3,6 +3,7 @@
 //! task trackers, and so the order of start-up, reload and shutdown.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +18,11 @@ use crate::access_log::AccessLog;
 use crate::admin;
 use crate::config::{self, diff, AdminToken, Config, ListenerConfig};
 use crate::health::probe::ProbeSetupError;
+use crate::lifecycle::state_file::{self, Decision};
+use crate::lifecycle::upgrade::{self, UpgradeError, Upgraded};
+use crate::lifecycle::{Executable, Inherited, Notifier, ReadyPipe};
 use crate::net::listener::{self, ListenerError};
-use crate::pool::{self, Pool};
+use crate::pool::{self, AdminAction, AdminError, BackendState, Pool};
 use crate::proxy::{self, ListenerCounters, ListenerCtx};
 
 /// Why the app could not start.
@@ -50,26 +54,76 @@ pub enum AppError {
     },
 }
 
-/// Sockets bound before anything starts, so "address in use" is found before health checks run
-/// and tests can bind port 0 and learn the port.
+/// Sockets bound (or taken over) before anything starts, so "address in use" is found before
+/// health checks run and tests can bind port 0 and learn the port.
 pub struct Bound {
     listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
     admin: Option<std::net::TcpListener>,
 }
 
+/// The admin API's name among passed sockets (`FileDescriptorName=admin` in a systemd socket unit).
+pub const ADMIN_SOCKET_NAME: &str = "admin";
+
 impl Bound {
     /// Binds every listener and the admin API of `config`.
     pub fn bind(config: &Config) -> Result<Bound, AppError> {
+        Bound::acquire(config, &mut Inherited::default())
+    }
+
+    /// Takes each listener's socket (and the admin API's) from `inherited` when one matches by
+    /// name or address, else binds it; sockets nothing took are closed.
+    pub fn acquire(config: &Config, inherited: &mut Inherited) -> Result<Bound, AppError> {
+        let origin = inherited.origin().map_or("", |o| o.as_str());
+        let mut take = |what: String, name: &str, addr: SocketAddr, backlog: u32, reuse_port| {
+            match inherited.take(name, addr) {
+                Some(Ok(socket)) => {
+                    let local = socket.local_addr().map_or(addr, |a| a);
+                    tracing::info!(socket = %what, address = %local, from = origin, "using a passed socket");
+                    if let Err(e) = listener::set_backlog(&socket, backlog) {
+                        tracing::warn!(socket = %what, error = %e, "cannot set the backlog of a passed socket");
+                    }
+                    Ok(socket)
+                }
+                Some(Err(source)) => Err(ListenerError::Inherited { what, source }),
+                None => listener::bind(&what, addr, backlog, reuse_port),
+            }
+        };
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            listeners.push((l.clone(), listener::bind(l.bind, l.backlog)?));
+            let what = format!("listener '{}'", l.name);
+            let socket = take(what, &l.name, l.bind, l.backlog, l.reuse_port)?;
+            listeners.push((l.clone(), socket));
         }
         let admin = match &config.admin {
-            Some(a) => Some(listener::bind(a.bind, 128)?),
+            // Never SO_REUSEPORT: two processes answering /status and drain would each see half.
+            Some(a) => Some(take(
+                "admin API".to_string(),
+                ADMIN_SOCKET_NAME,
+                a.bind,
+                ADMIN_BACKLOG,
+                false,
+            )?),
             None => None,
         };
+        inherited.close_rest();
         Ok(Bound { listeners, admin })
     }
+}
+
+/// listen(2) queue of the admin API: operators and scrapers, not clients.
+const ADMIN_BACKLOG: u32 = 128;
+
+/// What the process brings to the app from outside the config: its service manager, how to
+/// start a successor, and the pipe to tell a predecessor it is ready. The default (used by tests
+/// and embedders) has none of them.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// systemd notifications (a no-op without `NOTIFY_SOCKET`).
+    pub notifier: Option<Notifier>,
+    /// This process's executable, for binary upgrades; `None` refuses upgrades.
+    pub executable: Option<Executable>,
+    /// Set when this process was started by an upgrade: where to report ready.
+    pub ready_pipe: Option<ReadyPipe>,
 }
 
 /// What a successful reload changed (the `/reload` answer).
@@ -92,10 +146,19 @@ struct AcceptLoop {
     stop: CancellationToken,
 }
 
-/// Everything a reload reads and replaces; behind one async mutex, so reloads run one at a time.
+/// Everything a reload or an upgrade reads and replaces; behind one async mutex, so reloads and
+/// upgrades run one at a time.
 struct Control {
     config: Config,
     loops: Vec<AcceptLoop>,
+    /// The admin API's listening socket (handed to a successor by an upgrade).
+    admin: Option<Arc<TcpListener>>,
+}
+
+/// The admin decisions kept in `runtime.state_file`, and the path they go to.
+struct Persisted {
+    path: Option<std::path::PathBuf>,
+    state: state_file::State,
 }
 
 /// What the admin API reads and drives: the running parts and the process's readiness.
@@ -117,6 +180,15 @@ pub struct AppState {
     stop_background: CancellationToken,
     stop_accepting: CancellationToken,
     stop_connections: CancellationToken,
+    /// Cancelled when a successor took the sockets: the admin API stops accepting too.
+    handed_over: CancellationToken,
+    notifier: Notifier,
+    executable: Option<Executable>,
+    upgrading: AtomicBool,
+    upgrades_ok: AtomicU64,
+    upgrades_failed: AtomicU64,
+    persisted: tokio::sync::Mutex<Persisted>,
+    state_file_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for AppState {
@@ -202,10 +274,192 @@ impl AppState {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// State-file reads and writes that failed (each logged).
+    pub fn state_file_errors(&self) -> u64 {
+        self.state_file_errors.load(Ordering::Relaxed)
+    }
+
+    /// Binary upgrades so far: (succeeded, failed).
+    pub fn upgrades(&self) -> (u64, u64) {
+        (
+            self.upgrades_ok.load(Ordering::Relaxed),
+            self.upgrades_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether a successor has taken the listening sockets (this process only drains now).
+    pub fn is_handed_over(&self) -> bool {
+        self.handed_over.is_cancelled()
+    }
+
+    /// `3/3 backends up`: the one-line summary for the service manager.
+    pub fn status_line(&self) -> String {
+        let (mut up, mut total) = (0usize, 0usize);
+        let mut failing_open = Vec::new();
+        for p in self.pools() {
+            for b in p.members().iter() {
+                total += 1;
+                up += usize::from(b.state() == BackendState::Up);
+            }
+            if p.is_failing_open() {
+                failing_open.push(p.name.to_string());
+            }
+        }
+        let mut line = format!("{up}/{total} backends up");
+        if !failing_open.is_empty() {
+            line.push_str(&format!("; failing open: {}", failing_open.join(", ")));
+        }
+        if self.is_shutting_down() {
+            line.push_str("; shutting down");
+        }
+        line
+    }
+
+    /// Applies an operator's action to one backend and, with `runtime.state_file`, records it
+    /// there before answering, so the decision outlives the process.
+    pub async fn backend_action(
+        &self,
+        pool_name: &str,
+        address: SocketAddr,
+        action: AdminAction,
+    ) -> Result<BackendState, AdminError> {
+        let Some(pool) = self.pool(pool_name) else {
+            return Err(AdminError::UnknownPool(pool_name.to_string()));
+        };
+        // Held across the action so concurrent actions are written in the order they applied.
+        let mut persisted = self.persisted.lock().await;
+        let new_state = pool.admin(address, action).await?;
+        let decision = match action {
+            AdminAction::Drain => Some(Decision::Draining),
+            AdminAction::Disable => Some(Decision::Disabled),
+            AdminAction::Enable => None,
+        };
+        if persisted.state.set(pool_name, address, decision) {
+            self.write_state_file(&persisted).await;
+        }
+        Ok(new_state)
+    }
+
+    /// Writes the state file off the runtime's threads (it fsyncs); failures are logged and
+    /// counted, never returned: the decision already applied.
+    async fn write_state_file(&self, persisted: &Persisted) {
+        let Some(path) = persisted.path.clone() else {
+            return;
+        };
+        let state = persisted.state.clone();
+        let result = tokio::task::spawn_blocking(move || state_file::save(&path, &state)).await;
+        let error = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => error_chain(&e),
+            Err(e) => format!("state file writer failed: {e}"),
+        };
+        self.state_file_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %error, "cannot record the admin decision in the state file; it applies until the next start only");
+    }
+
+    /// Reads the state file and applies its decisions (at start, before listeners open).
+    async fn restore_state_file(&self) {
+        let path = {
+            let persisted = self.persisted.lock().await;
+            match persisted.path.clone() {
+                Some(p) => p,
+                None => return,
+            }
+        };
+        let read_path = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || state_file::load(&read_path)).await;
+        let state = match loaded {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => {
+                self.state_file_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %path.display(), error = %error_chain(&e),
+                    "state file ignored: starting from the config's state");
+                return;
+            }
+            Err(e) => {
+                self.state_file_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(path = %path.display(), error = %e, "state file reader failed; ignored");
+                return;
+            }
+        };
+        for d in &state.backends {
+            let action = match d.state {
+                Decision::Draining => AdminAction::Drain,
+                Decision::Disabled => AdminAction::Disable,
+            };
+            let applied = match self.pool(&d.pool) {
+                Some(p) => p.admin(d.address, action).await,
+                None => Err(AdminError::UnknownPool(d.pool.clone())),
+            };
+            match applied {
+                Ok(s) => tracing::info!(pool = %d.pool, backend = %d.address, state = s.as_str(),
+                    path = %path.display(), "restored an admin decision from the state file"),
+                // Kept in the file: the backend may come back with a later config.
+                Err(e) => tracing::warn!(pool = %d.pool, backend = %d.address, error = %e,
+                    "the state file names a backend the config does not have; kept for later"),
+            }
+        }
+        self.persisted.lock().await.state = state;
+    }
+
+    /// Starts a new splicer from the executable path recorded at start, hands it every
+    /// listening socket, and waits for it to report ready; then this process stops accepting
+    /// (closing its copies of the sockets) and only drains. On failure nothing changes here.
+    pub async fn upgrade(&self) -> Result<Upgraded, UpgradeError> {
+        if self.is_shutting_down() || self.is_handed_over() {
+            return Err(UpgradeError::ShuttingDown);
+        }
+        if self.upgrading.swap(true, Ordering::AcqRel) {
+            return Err(UpgradeError::InProgress);
+        }
+        let result = self.upgrade_locked().await;
+        self.upgrading.store(false, Ordering::Release);
+        match &result {
+            Ok(u) => {
+                self.upgrades_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(old_pid = u.old_pid, new_pid = u.new_pid,
+                    "upgrade: the new process serves; this one stopped accepting and drains its open connections");
+            }
+            Err(e) => {
+                self.upgrades_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %error_chain(e), "upgrade failed: this process keeps serving");
+            }
+        }
+        result
+    }
+
+    async fn upgrade_locked(&self) -> Result<Upgraded, UpgradeError> {
+        let Some(exe) = self.executable.clone() else {
+            return Err(UpgradeError::Unsupported);
+        };
+        // Held throughout: a reload must not change the sockets being handed over.
+        let mut control = self.control.lock().await;
+        if self.is_shutting_down() {
+            return Err(UpgradeError::ShuttingDown);
+        }
+        let mut sockets: Vec<(String, std::os::fd::RawFd)> = control
+            .loops
+            .iter()
+            .map(|l| (l.name.clone(), l.socket.as_raw_fd()))
+            .collect();
+        if let Some(admin) = &control.admin {
+            sockets.push((ADMIN_SOCKET_NAME.to_string(), admin.as_raw_fd()));
+        }
+        let timeout = control.config.runtime.upgrade_timeout;
+        let upgraded = upgrade::start_successor(&exe, &sockets, timeout).await?;
+        // Close (never shutdown(2)) this process's copies: the sockets live on in the successor.
+        self.handed_over.cancel();
+        self.stop_accepting.cancel();
+        drop(std::mem::take(&mut control.loops));
+        control.admin = None;
+        Ok(upgraded)
+    }
+
     /// Re-reads the config file and applies it as a diff. An invalid file (or a new listener
     /// that cannot bind) changes nothing and returns every problem, one line each.
     pub async fn reload(&self) -> Result<ReloadReport, Vec<String>> {
         let mut control = self.control.lock().await;
+        self.notifier.reloading();
         let path = control.config.source.clone();
         let result = match config::load(&path) {
             // During shutdown a reload could bind listeners that nothing would accept on.
@@ -233,6 +487,7 @@ impl AppState {
                 tracing::error!(path = %path.display(), errors = ?lines, "config reload failed: nothing changed");
             }
         }
+        self.notifier.ready(&self.status_line());
         result
     }
 
@@ -250,13 +505,8 @@ impl AppState {
             let Some(lc) = new.listeners.iter().find(|l| &l.name == name) else {
                 continue;
             };
-            let bound = listener::bind(lc.bind, lc.backlog).map_err(|e| {
-                vec![format!(
-                    "{}: listener {name}: {}",
-                    new.source.display(),
-                    error_chain(&e)
-                )]
-            })?;
+            let bound = listener::bind(&format!("listener '{name}'"), lc.bind, lc.backlog, lc.reuse_port)
+                .map_err(|e| vec![format!("{}: {}", new.source.display(), error_chain(&e))])?;
             let socket = TcpListener::from_std(bound).map_err(|e| {
                 vec![format!(
                     "{}: listener {name}: cannot register socket: {e}",
@@ -380,6 +630,14 @@ impl AppState {
                 if let Some(pos) = control.loops.iter().position(|l| l.name == lc.name) {
                     control.loops.remove(pos).stop.cancel();
                 }
+                let old_backlog = old_ctx.map(|c| c.config.backlog);
+                if fresh.is_none() && old_backlog != Some(lc.backlog) {
+                    let std_socket = socket2::SockRef::from(&*socket);
+                    let backlog = i32::try_from(lc.backlog).unwrap_or(i32::MAX);
+                    if let Err(e) = std_socket.listen(backlog) {
+                        tracing::warn!(listener = %lc.name, error = %e, "cannot change the backlog");
+                    }
+                }
             }
             let counters = match (fresh, old_ctx) {
                 (None, Some(c)) => c.counters().clone(),
@@ -453,7 +711,7 @@ fn route_pools(lc: &ListenerConfig, pools: &[Arc<Pool>]) -> Vec<(String, Arc<Poo
 }
 
 /// An error and its causes on one line, for messages that outlive the error value.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -477,6 +735,16 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Starts pools, runs the start-up health round, then opens the listeners.
 pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
+    start_with(config, bound, Lifecycle::default()).await
+}
+
+/// [`start`] with what the process brings: once the listeners accept, it reports ready to the
+/// process it replaces (an upgrade) and to the service manager, and keeps the watchdog fed.
+pub async fn start_with(
+    config: Config,
+    bound: Bound,
+    lifecycle: Lifecycle,
+) -> Result<Running, AppError> {
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
 
@@ -521,6 +789,7 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
         control: tokio::sync::Mutex::new(Control {
             config: config.clone(),
             loops: Vec::new(),
+            admin: None,
         }),
         access_log: std::sync::OnceLock::new(),
         background: background.clone(),
@@ -528,6 +797,17 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
         stop_background: stop_background.clone(),
         stop_accepting: CancellationToken::new(),
         stop_connections: CancellationToken::new(),
+        handed_over: CancellationToken::new(),
+        notifier: lifecycle.notifier.unwrap_or_else(Notifier::disabled),
+        executable: lifecycle.executable,
+        upgrading: AtomicBool::new(false),
+        upgrades_ok: AtomicU64::new(0),
+        upgrades_failed: AtomicU64::new(0),
+        persisted: tokio::sync::Mutex::new(Persisted {
+            path: config.runtime.state_file.clone(),
+            state: state_file::State::default(),
+        }),
+        state_file_errors: AtomicU64::new(0),
     });
 
     let mut admin_addr = None;
@@ -537,10 +817,22 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
             addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             source,
         })?;
+        let listener = Arc::new(listener);
         admin_addr = addr;
+        state.control.lock().await.admin = Some(listener.clone());
+        // Accepting stops at a hand-over (the successor answers from then on); requests already
+        // accepted, such as the `POST /upgrade` that asked for it, still get their answer.
+        let stop_admin = stop_background.child_token();
+        let handed_over = state.handed_over.clone();
+        let stop_on_handover = stop_admin.clone();
+        background.spawn(async move {
+            handed_over.cancelled().await;
+            stop_on_handover.cancel();
+        });
         background.spawn(admin::serve(
             listener,
             state.clone(),
+            stop_admin,
             stop_background.clone(),
         ));
     }
@@ -558,6 +850,8 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
         }
     })
     .await;
+    // Operator decisions from before the restart or upgrade apply before the first client.
+    state.restore_state_file().await;
 
     {
         let mut control = state.control.lock().await;
@@ -589,7 +883,47 @@ pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
     }
     state.listening.store(true, Ordering::Release);
 
+    let status = state.status_line();
+    match lifecycle.ready_pipe {
+        Some(pipe) => {
+            // The manager must learn the new main PID before the old process exits.
+            state.notifier.ready_as_main(&status);
+            pipe.report_ready();
+        }
+        None => state.notifier.ready(&status),
+    }
+    if state.notifier.is_enabled() {
+        background.spawn(keep_manager_informed(state.clone()));
+    }
+
     Ok(Running { state, admin_addr })
+}
+
+/// How often `STATUS=` is refreshed when no watchdog asks for more.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Feeds the systemd watchdog and refreshes `STATUS=` from a runtime task, so a wedged
+/// runtime stops the pings. Ends when the process stops or hands its sockets over (the
+/// successor speaks to the manager from then on).
+async fn keep_manager_informed(state: Arc<AppState>) {
+    let watchdog = state.notifier.watchdog_every();
+    let every = watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY));
+    let mut last_status = String::new();
+    loop {
+        tokio::select! {
+            _ = state.stop_background.cancelled() => return,
+            _ = state.handed_over.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if watchdog.is_some() {
+            state.notifier.watchdog();
+        }
+        let status = state.status_line();
+        if status != last_status {
+            state.notifier.status(&status);
+            last_status = status;
+        }
+    }
 }
 
 impl Running {
@@ -617,16 +951,47 @@ impl Running {
         self.state.reload().await
     }
 
-    /// Graceful stop: stop accepting (and answer 503 on `/ready`), let open connections finish
-    /// for up to `drain_timeout`, cut the rest, stop checks and the admin API. Returns whether
-    /// every connection finished by itself.
+    /// Resolves once a successor has taken the sockets (a binary upgrade succeeded): then the
+    /// caller should [`Running::drain`] and exit.
+    pub async fn handed_over(&self) {
+        self.state.handed_over.cancelled().await
+    }
+
+    /// Starts a binary upgrade (SIGUSR2); the outcome is logged by the upgrade itself.
+    pub async fn upgrade(&self) -> Result<Upgraded, UpgradeError> {
+        self.state.upgrade().await
+    }
+
+    /// Graceful stop (SIGTERM): `/ready` answers 503 at once and the service manager hears
+    /// `STOPPING=1`, listeners keep accepting for `shutdown_delay` (time for an outer balancer to
+    /// move away), then stop; open connections finish for up to `drain_timeout`, the rest are
+    /// cut, checks and the admin API stop. Returns whether every connection finished by itself.
     pub async fn shutdown(self) -> bool {
+        let s = &self.state;
+        s.shutting_down.store(true, Ordering::Release);
+        let delay = s.control.lock().await.config.runtime.shutdown_delay;
+        s.notifier.stopping(&s.status_line());
+        if !delay.is_zero() {
+            tracing::info!(shutdown_delay = ?delay, "/ready answers 503; still accepting until the shutdown delay ends");
+            tokio::time::sleep(delay).await;
+        }
+        self.drain().await
+    }
+
+    /// Stops accepting (closing this process's copies of the listening sockets), lets open
+    /// connections finish for up to `drain_timeout`, cuts the rest, and stops checks and the
+    /// admin API. After a hand-over this is all that is left to do.
+    pub async fn drain(self) -> bool {
         let s = &self.state;
         s.shutting_down.store(true, Ordering::Release);
         s.stop_accepting.cancel();
         // Close the listening sockets (each ends with the last of these and its loop's clone),
         // so new clients are refused instead of queueing in a backlog nobody accepts from.
-        drop(std::mem::take(&mut s.control.lock().await.loops));
+        {
+            let mut control = s.control.lock().await;
+            drop(std::mem::take(&mut control.loops));
+            control.admin = None;
+        }
         s.connections.close();
         let drain_timeout = **s.drain_timeout.load();
         tracing::info!(open_connections = s.connections.len(), drain_timeout = ?drain_timeout,

@@ -389,7 +389,7 @@ pub async fn run(
                 first_of_streak,
             } => {
                 failures.fetch_add(1, Ordering::Relaxed);
-                let error = error_chain(&error);
+                let error = crate::app::error_chain(&error);
                 if first_of_streak {
                     tracing::warn!(pool = %pool, dns = %config.dns, error,
                         "DNS discovery failed: keeping the last known members");
@@ -406,18 +406,6 @@ fn log_recovery(pool: &str, dns: &str, failures: u64) {
     if failures > 0 {
         tracing::info!(pool, dns, failures, "DNS discovery resolving again");
     }
-}
-
-/// An error and its causes on one line: a log line outlives the error value.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod health;
+pub mod lifecycle;
 pub mod metrics;
 pub mod net;
 pub mod pool;

@@ -12,6 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use splicer::app;
 use splicer::config::{self, Config, LogFormat};
+use splicer::lifecycle::{Executable, Inherited, Notifier, ReadyPipe};
 use splicer::rig::{Rig, RigOptions};
 use splicer::status_cmd::{self, StatusCmdError};
 
@@ -66,6 +67,19 @@ enum Command {
         #[arg(long, value_name = "URL", env = "SPLICER_ADMIN", default_value = status_cmd::DEFAULT_ADMIN)]
         admin: String,
     },
+    /// Replace the running splicer with the binary now installed at its path, handing over
+    /// its listening sockets (POST /upgrade; same as SIGUSR2).
+    Upgrade {
+        /// The instance's admin API: http://host:port or host:port.
+        #[arg(long, value_name = "URL", env = "SPLICER_ADMIN", default_value = status_cmd::DEFAULT_ADMIN)]
+        admin: String,
+        /// File holding the admin bearer token (admin.token_file), when one is set.
+        #[arg(long, value_name = "PATH", env = "SPLICER_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// How long to wait for the answer (the new process's start-up included).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// A simulated cluster on loopback with splicer in front, and what to try.
     Demo {
         /// Number of simulated nodes.
@@ -117,7 +131,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(config_path(config)),
         Command::Status { admin } => status(&admin),
+        Command::Upgrade {
+            admin,
+            token_file,
+            timeout,
+        } => upgrade(&admin, token_file.as_deref(), timeout),
         Command::Run { config } => {
+            // Before any thread exists: these read and clear environment variables.
+            let (mut inherited, inherit_warnings) = Inherited::from_env();
+            let ready_pipe = ReadyPipe::from_env();
+            let executable = Executable::current();
             let path = config_path(config);
             let mut config = match config::load(&path) {
                 Ok(c) => c,
@@ -131,8 +154,26 @@ fn main() -> ExitCode {
                 config.runtime.log_format = format;
             }
             init_logging(config.runtime.log_format);
+            for w in inherit_warnings {
+                tracing::warn!("{w}");
+            }
+            let executable = match executable {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot tell this executable's path: binary upgrades are off");
+                    None
+                }
+            };
             let workers = config.runtime.workers;
-            exit_from(runtime(workers).and_then(|rt| rt.block_on(run(config))))
+            let lifecycle = app::Lifecycle {
+                notifier: Some(Notifier::from_env()),
+                executable,
+                ready_pipe,
+            };
+            exit_from(
+                runtime(workers)
+                    .and_then(|rt| rt.block_on(run(config, &mut inherited, lifecycle))),
+            )
         }
         Command::Demo { nodes } => {
             init_logging(format_override.unwrap_or_default());
@@ -292,25 +333,99 @@ fn raise_fd_limit() {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    inherited: &mut Inherited,
+    lifecycle: app::Lifecycle,
+) -> anyhow::Result<()> {
     raise_fd_limit();
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     let stop = StopSignals::install()?.first();
-    let bound = app::Bound::bind(&config)?;
-    let running = app::start(config, bound).await?;
+    let bound = app::Bound::acquire(&config, inherited)?;
+    let running = app::start_with(config, bound, lifecycle).await?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
             () = &mut stop => break,
+            () = running.handed_over() => {
+                // The successor accepts on the same sockets; finish what this process holds.
+                running.drain().await;
+                return Ok(());
+            }
             _ = hup.recv() => {
                 tracing::info!(signal = "SIGHUP", "reloading the config");
                 // The outcome (and every error) is logged by the reload itself.
                 let _ = running.reload().await;
             }
+            _ = usr2.recv() => {
+                tracing::info!(signal = "SIGUSR2", "binary upgrade requested");
+                // Off the loop, so stop signals are still heard while the successor starts;
+                // the outcome is logged by the upgrade itself.
+                let state = running.state().clone();
+                tokio::spawn(async move {
+                    let _ = state.upgrade().await;
+                });
+            }
         }
     }
     running.shutdown().await;
     Ok(())
+}
+
+fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration) -> ExitCode {
+    let token = match token_file.map(std::fs::read_to_string).transpose() {
+        Ok(t) => t.map(|t| t.trim().to_string()),
+        Err(e) => {
+            let path = token_file.map(|p| p.display().to_string()).unwrap_or_default();
+            eprintln!("splicer: cannot read token file {path}: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("splicer: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let answer = runtime.block_on(status_cmd::post(admin, "/upgrade", token.as_deref(), timeout));
+    match answer {
+        Ok((200, body)) => {
+            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            println!(
+                "upgraded: old pid {} drains its connections, new pid {} serves",
+                doc["old_pid"], doc["new_pid"]
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let why = doc["error"]
+                .as_str()
+                .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
+            eprintln!("splicer: upgrade refused ({status}): {why}");
+            match e_is_usage(status) {
+                true => ExitCode::from(EXIT_CONFIG),
+                false => ExitCode::from(EXIT_RUNTIME),
+            }
+        }
+        Err(e) => {
+            eprintln!("splicer: {e}");
+            match e {
+                StatusCmdError::BadUrl { .. } => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::from(EXIT_RUNTIME),
+            }
+        }
+    }
+}
+
+/// An admin answer that means the command was used wrongly (no token, or not a splicer).
+fn e_is_usage(status: u16) -> bool {
+    matches!(status, 401 | 404 | 405)
 }
 
 async fn rig(opts: RigOptions) -> anyhow::Result<()> {

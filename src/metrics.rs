@@ -149,6 +149,18 @@ const ACCESS_LOG_DROPPED: Counters<0> = Counters {
     labels: [],
 };
 
+const STATE_FILE_ERRORS: Counters<0> = Counters {
+    name: "splicer_state_file_errors",
+    help: "Reads and writes of runtime.state_file that failed (each logged with the path and the reason).",
+    labels: [],
+};
+
+const UPGRADES: Counters<1> = Counters {
+    name: "splicer_upgrades",
+    help: "Binary upgrades started by this process, by result (ok: a new process took the sockets).",
+    labels: ["result"],
+};
+
 /// Every backend state, in the order `splicer_backend_state` lists them.
 const BACKEND_STATES: [BackendState; 4] = [
     BackendState::Up,
@@ -172,6 +184,8 @@ struct Scrape {
     listeners: Vec<Arc<ListenerCtx>>,
     reloads: (u64, u64),
     access_log_dropped: u64,
+    state_file_errors: u64,
+    upgrades: (u64, u64),
 }
 
 impl Scrape {
@@ -181,6 +195,8 @@ impl Scrape {
             listeners: state.listeners(),
             reloads: state.reloads(),
             access_log_dropped: state.access_log_dropped(),
+            state_file_errors: state.state_file_errors(),
+            upgrades: state.upgrades(),
         }
     }
 }
@@ -358,6 +374,9 @@ impl Collector for Scrape {
                 .map(|p| ([&*p.name], p.discovery_failures())),
         )?;
         ACCESS_LOG_DROPPED.encode(&mut enc, [([], self.access_log_dropped)])?;
+        STATE_FILE_ERRORS.encode(&mut enc, [([], self.state_file_errors)])?;
+        let (ok, failed) = self.upgrades;
+        UPGRADES.encode(&mut enc, [(["ok"], ok), (["error"], failed)])?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
 use hyper::header::{HeaderValue, ACCEPT, CONNECTION, HOST, USER_AGENT};
-use hyper::{Request, StatusCode, Uri};
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -273,7 +273,8 @@ pub async fn fetch(admin: &str, timeout: Duration) -> Result<Value, StatusCmdErr
     let stream = tokio::time::timeout_at(deadline, connect(&target, &url))
         .await
         .map_err(|_| timed_out(false))??;
-    let (status, body) = tokio::time::timeout_at(deadline, get_status(stream, &target, &url))
+    let exchange = exchange(stream, &target, &url, Method::GET, "/status", None);
+    let (status, body) = tokio::time::timeout_at(deadline, exchange)
         .await
         .map_err(|_| timed_out(true))??;
     if !status.is_success() {
@@ -341,11 +342,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One `GET /status` over `stream`: the answer's status and its body (at most [`MAX_BODY`]).
-async fn get_status(
+/// `POST path` (with the bearer `token`, if any) to the admin API at `admin`: the answer's
+/// status and body, whatever the status. For `splicer upgrade` and other admin actions.
+pub async fn post(
+    admin: &str,
+    path: &'static str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, Bytes), StatusCmdError> {
+    let target = AdminUrl::parse(admin)?;
+    let url = target.url();
+    let deadline = Instant::now() + timeout;
+    let timed_out = |connected| StatusCmdError::Timeout {
+        url: url.clone(),
+        after: timeout,
+        connected,
+    };
+    let stream = tokio::time::timeout_at(deadline, connect(&target, &url))
+        .await
+        .map_err(|_| timed_out(false))??;
+    let exchange = exchange(stream, &target, &url, Method::POST, path, token);
+    let (status, body) = tokio::time::timeout_at(deadline, exchange)
+        .await
+        .map_err(|_| timed_out(true))??;
+    Ok((status.as_u16(), body))
+}
+
+/// One request over `stream`: the answer's status and its body (at most [`MAX_BODY`]).
+async fn exchange(
     stream: TcpStream,
     target: &AdminUrl,
     url: &str,
+    method: Method,
+    path: &'static str,
+    token: Option<&str>,
 ) -> Result<(StatusCode, Bytes), StatusCmdError> {
     let protocol = |source: Box<dyn StdError + Send + Sync>| StatusCmdError::Protocol {
         url: url.to_owned(),
@@ -366,8 +396,18 @@ async fn get_status(
         reason: "the host is not a valid Host header".into(),
     })?;
     let mut request = Request::new(Empty::<Bytes>::new());
-    *request.uri_mut() = Uri::from_static("/status");
+    *request.method_mut() = method;
+    *request.uri_mut() = Uri::from_static(path);
     let headers = request.headers_mut();
+    if let Some(token) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            StatusCmdError::BadUrl {
+                url: url.to_owned(),
+                reason: "the token holds characters a header cannot carry".into(),
+            }
+        })?;
+        headers.insert(hyper::header::AUTHORIZATION, value);
+    }
     headers.insert(HOST, host);
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
     headers.insert(CONNECTION, HeaderValue::from_static("close"));

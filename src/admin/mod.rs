@@ -22,17 +22,24 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
+use crate::lifecycle::UpgradeError;
 use crate::metrics;
 use crate::pool::{AdminAction, AdminError};
 
 /// An admin client that sends nothing for this long is dropped, so idle sockets can't pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the admin API on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+/// Serves the admin API on `listener`: accepts until `stop_accepting` is cancelled (then drops
+/// its hold on the socket), and serves each accepted connection until `stop` is cancelled.
+pub async fn serve(
+    listener: Arc<TcpListener>,
+    state: Arc<AppState>,
+    stop_accepting: CancellationToken,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop_accepting.cancelled() => return,
             r = listener.accept() => r,
         };
         let (stream, _) = match accepted {
@@ -41,7 +48,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Cancellati
                 tracing::debug!(error = %e, "admin accept failed");
                 // Out of fds: pause instead of spinning.
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop_accepting.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
             }
@@ -156,6 +163,22 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>
             }
         }
         ["reload"] => method_not_allowed("POST"),
+        ["upgrade"] if method == Method::POST => {
+            if !is_authorized(state, &req) {
+                return unauthorized();
+            }
+            match state.upgrade().await {
+                Ok(u) => json_response(
+                    StatusCode::OK,
+                    json!({"old_pid": u.old_pid, "new_pid": u.new_pid}).to_string(),
+                ),
+                Err(e @ (UpgradeError::InProgress | UpgradeError::ShuttingDown)) => {
+                    error(StatusCode::CONFLICT, &e.to_string())
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &crate::app::error_chain(&e)),
+            }
+        }
+        ["upgrade"] => method_not_allowed("POST"),
         ["pools", pool, "backends", address, action] => {
             let action = match *action {
                 "drain" => AdminAction::Drain,
@@ -181,22 +204,24 @@ async fn backend_action(
     address: &str,
     action: AdminAction,
 ) -> Response<Full<Bytes>> {
-    let Some(pool) = state.pool(pool_name) else {
+    if state.pool(pool_name).is_none() {
         return error(StatusCode::NOT_FOUND, &format!("no pool named {pool_name}"));
-    };
+    }
     let Ok(addr) = address.parse::<SocketAddr>() else {
         return error(
             StatusCode::NOT_FOUND,
             &format!("pool {pool_name} has no backend {address} (backends are named ip:port)"),
         );
     };
-    match pool.admin(addr, action).await {
+    match state.backend_action(pool_name, addr, action).await {
         Ok(new_state) => json_response(
             StatusCode::OK,
             json!({"pool": pool_name, "address": addr.to_string(), "state": new_state.as_str()})
                 .to_string(),
         ),
-        Err(e @ AdminError::UnknownBackend { .. }) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ (AdminError::UnknownBackend { .. } | AdminError::UnknownPool(_))) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
         Err(e @ AdminError::Removed { .. }) => error(StatusCode::CONFLICT, &e.to_string()),
         Err(e @ AdminError::Stopped(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }

@@ -53,8 +53,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     for l in &new.listeners {
         match find_listener(old, &l.name) {
             None => d.listeners_added.push(l.name.clone()),
-            Some(o) if o.bind != l.bind || o.backlog != l.backlog => {
-                // A new address (or backlog, fixed at listen(2)) needs a new socket.
+            Some(o) if o.bind != l.bind => {
+                // A new address needs a new socket (a new backlog is applied to the kept one).
                 d.listeners_removed.push(l.name.clone());
                 d.listeners_added.push(l.name.clone());
             }
@@ -101,6 +101,13 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     }
     if old.admin.as_ref().map(|a| a.bind) != new.admin.as_ref().map(|a| a.bind) {
         d.needs_restart.push("admin.bind");
+    }
+    let reuse_port_changed = new.listeners.iter().any(|l| {
+        find_listener(old, &l.name).is_some_and(|o| o.bind == l.bind && o.reuse_port != l.reuse_port)
+    });
+    if reuse_port_changed {
+        // The kept socket was bound with the old setting; only a new socket takes the new one.
+        d.needs_restart.push("listener.reuse_port");
     }
     if old.runtime.workers != new.runtime.workers {
         d.needs_restart.push("runtime.workers");

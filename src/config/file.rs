@@ -49,6 +49,12 @@ pub struct RuntimeFile {
     pub log_format: Option<Spanned<String>>,
     /// One line per finished connection.
     pub access_log: Option<Spanned<bool>>,
+    /// Duration string; `"0s"` = stop accepting at once on SIGTERM.
+    pub shutdown_delay: Option<Spanned<String>>,
+    /// Duration string: how long an upgraded process may take to report ready.
+    pub upgrade_timeout: Option<Spanned<String>>,
+    /// Path of the file that keeps admin decisions across restarts; `""` = off.
+    pub state_file: Option<Spanned<String>>,
 }
 
 /// One `[[listener]]`.
@@ -71,6 +77,8 @@ pub struct ListenerFile {
     pub backlog: Option<Spanned<i64>>,
     /// Expect a PROXY v1/v2 header from an upstream balancer.
     pub accept_proxy: Option<Spanned<bool>>,
+    /// Bind with SO_REUSEPORT (several processes on one address, on purpose).
+    pub reuse_port: Option<Spanned<bool>>,
     /// `[[listener.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -197,7 +205,15 @@ pub const TABLES: &[(&str, &[&str])] = &[
     ("[admin]", &["bind", "token_file"]),
     (
         "[runtime]",
-        &["workers", "drain_timeout", "log_format", "access_log"],
+        &[
+            "workers",
+            "drain_timeout",
+            "log_format",
+            "access_log",
+            "shutdown_delay",
+            "upgrade_timeout",
+            "state_file",
+        ],
     ),
     (
         "[[listener]]",
@@ -210,6 +226,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "client_hello_timeout",
             "backlog",
             "accept_proxy",
+            "reuse_port",
             "route",
         ],
     ),

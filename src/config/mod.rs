@@ -203,6 +203,12 @@ pub struct RuntimeConfig {
     pub log_format: LogFormat,
     /// One log line per finished connection.
     pub access_log: bool,
+    /// After SIGTERM, how long listeners keep accepting while `/ready` says 503.
+    pub shutdown_delay: Duration,
+    /// How long a new process started by an upgrade may take to report ready.
+    pub upgrade_timeout: Duration,
+    /// Where admin decisions persist; `None` = nowhere.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -212,6 +218,9 @@ impl Default for RuntimeConfig {
             drain_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             access_log: true,
+            shutdown_delay: Duration::ZERO,
+            upgrade_timeout: Duration::from_secs(30),
+            state_file: None,
         }
     }
 }
@@ -235,6 +244,8 @@ pub struct ListenerConfig {
     pub backlog: u32,
     /// Expect a PROXY v1/v2 header first; its source address is then the client.
     pub accept_proxy: bool,
+    /// SO_REUSEPORT: only on request, since it lets a second process share the address.
+    pub reuse_port: bool,
     /// SNI routes, in file order (exact names win over wildcards at match time).
     pub routes: Vec<RouteConfig>,
 }

@@ -51,6 +51,9 @@ impl AdminAction {
 /// Why an admin action was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdminError {
+    /// No pool has that name.
+    #[error("no pool named {0}")]
+    UnknownPool(String),
     /// The pool has no backend with that address.
     #[error("pool {pool} has no backend {address}")]
     UnknownBackend {

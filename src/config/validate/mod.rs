@@ -263,6 +263,16 @@ impl Checker<'_> {
         AdminConfig { bind: addr, token }
     }
 
+    /// A path from the file, resolved against the config's directory when relative (so the
+    /// file works from any working directory).
+    fn relative_path(&self, given: &str) -> std::path::PathBuf {
+        let given = std::path::PathBuf::from(given);
+        match self.path.parent() {
+            Some(dir) if given.is_relative() => dir.join(&given),
+            _ => given,
+        }
+    }
+
     /// Reads the bearer token now, so a missing or empty file is a config error rather than a
     /// 401 on every request later. Relative paths are resolved against the config's directory.
     fn token_file(&mut self, value: &Spanned<String>) -> Option<AdminToken> {
@@ -322,6 +332,21 @@ impl Checker<'_> {
                 .access_log
                 .as_ref()
                 .map_or(defaults.access_log, |b| *b.get_ref()),
+            shutdown_delay: self.duration(
+                r.shutdown_delay.as_ref(),
+                "shutdown_delay",
+                defaults.shutdown_delay,
+            ),
+            upgrade_timeout: self.positive_duration(
+                r.upgrade_timeout.as_ref(),
+                "upgrade_timeout",
+                defaults.upgrade_timeout,
+            ),
+            state_file: r
+                .state_file
+                .as_ref()
+                .filter(|p| !p.get_ref().is_empty())
+                .map(|p| self.relative_path(p.get_ref())),
         }
     }
 
@@ -439,6 +464,7 @@ impl Checker<'_> {
                 ),
                 backlog: u32::try_from(backlog).unwrap_or(4096),
                 accept_proxy: l.accept_proxy.as_ref().is_some_and(|b| *b.get_ref()),
+                reuse_port: l.reuse_port.as_ref().is_some_and(|b| *b.get_ref()),
                 routes,
             });
         }

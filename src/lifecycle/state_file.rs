@@ -1,0 +1,254 @@
+//! `runtime.state_file`: the operator's decisions (drain, disable) that must outlive the
+//! process, so a restart or an upgrade does not put a drained machine back into rotation.
+//! Written whole on every change (temp file, fsync, rename, fsync of the directory), so a crash
+//! at any moment leaves either the old file or the new one; read at start, where anything
+//! wrong with it is reported and ignored, never fatal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Format version written in the file; a newer one is refused rather than misread.
+const VERSION: u32 = 1;
+
+/// Longest state file read: far beyond any real one, small enough that a wrong path (a log
+/// file, a device) cannot exhaust memory.
+const MAX_SIZE: u64 = 16 * 1024 * 1024;
+
+/// An admin decision about one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// No new connections; checks go on.
+    Draining,
+    /// No new connections and no checks.
+    Disabled,
+}
+
+/// One persisted decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendDecision {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub address: SocketAddr,
+    /// What the operator decided.
+    pub state: Decision,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Format version.
+    #[serde(default)]
+    pub version: u32,
+    /// Decisions in force, one per backend.
+    #[serde(default)]
+    pub backends: Vec<BackendDecision>,
+}
+
+impl State {
+    /// Records `decision` for `pool/address` (`None`: the backend is back to what its checks
+    /// say). Returns whether anything changed.
+    pub fn set(&mut self, pool: &str, address: SocketAddr, decision: Option<Decision>) -> bool {
+        let pos = self
+            .backends
+            .iter()
+            .position(|b| b.pool == pool && b.address == address);
+        match (pos, decision) {
+            (Some(i), Some(d)) if self.backends[i].state == d => false,
+            (Some(i), Some(d)) => {
+                self.backends[i].state = d;
+                true
+            }
+            (Some(i), None) => {
+                self.backends.remove(i);
+                true
+            }
+            (None, Some(d)) => {
+                self.backends.push(BackendDecision {
+                    pool: pool.to_string(),
+                    address,
+                    state: d,
+                });
+                true
+            }
+            (None, None) => false,
+        }
+    }
+}
+
+/// Why the state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// Reading failed (other than "does not exist").
+    #[error("cannot read state file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than any state file splicer writes.
+    #[error("state file {path} is {size} bytes, more than the {MAX_SIZE} a state file may be")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The contents are not a state document.
+    #[error("state file {path} is not valid: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing failed; the previous file is intact.
+    #[error("cannot write state file {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads the state at `path`. A missing file is an empty state (the first start).
+pub fn load(path: &Path) -> Result<State, StateFileError> {
+    let read_err = |source| StateFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(e) => return Err(read_err(e)),
+    };
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(StateFileError::Invalid {
+            path: path.to_path_buf(),
+            reason: "not a regular file".to_string(),
+        });
+    }
+    if meta.len() > MAX_SIZE {
+        return Err(StateFileError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+        });
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(file, MAX_SIZE + 1),
+        &mut text,
+    )
+    .map_err(read_err)?;
+    let state: State = serde_json::from_str(&text).map_err(|e| StateFileError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if state.version != VERSION {
+        return Err(StateFileError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!(
+                "format version {} (this splicer reads version {VERSION})",
+                state.version
+            ),
+        });
+    }
+    Ok(state)
+}
+
+/// Writes `state` to `path` atomically: a crash leaves the old file or the new one, whole.
+pub fn save(path: &Path, state: &State) -> Result<(), StateFileError> {
+    let write_err = |source| StateFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let doc = State {
+        version: VERSION,
+        backends: state.backends.clone(),
+    };
+    let mut text = serde_json::to_vec_pretty(&doc)
+        .map_err(|e| write_err(std::io::Error::other(e)))?;
+    text.push(b'\n');
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".to_string());
+    // One temp name per process: an old and a new process (during an upgrade) never share one.
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the directory is.
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn set_records_changes_once() {
+        let mut s = State::default();
+        assert!(s.set("q", addr("127.0.0.2:443"), Some(Decision::Draining)));
+        assert!(!s.set("q", addr("127.0.0.2:443"), Some(Decision::Draining)));
+        assert!(s.set("q", addr("127.0.0.2:443"), Some(Decision::Disabled)));
+        assert!(s.set("q", addr("127.0.0.3:443"), Some(Decision::Draining)));
+        assert!(s.set("q", addr("127.0.0.2:443"), None));
+        assert!(!s.set("q", addr("127.0.0.2:443"), None));
+        assert_eq!(s.backends.len(), 1);
+    }
+
+    #[test]
+    fn saves_and_loads_and_reports_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        assert_eq!(load(&path).expect("missing is empty"), State::default());
+        let mut s = State::default();
+        s.set("quay", addr("[::1]:8443"), Some(Decision::Disabled));
+        save(&path, &s).expect("save");
+        let back = load(&path).expect("load");
+        assert_eq!(back.backends, s.backends);
+        assert_eq!(back.version, VERSION);
+        // Nothing but the file itself is left in the directory.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+
+        std::fs::write(&path, "{\"version\":1,\"backends\":[{\"pool\":").expect("write");
+        let e = load(&path).expect_err("truncated");
+        assert!(e.to_string().contains("not valid"), "{e}");
+        std::fs::write(&path, "{\"version\":99}").expect("write");
+        let e = load(&path).expect_err("future version");
+        assert!(e.to_string().contains("version 99"), "{e}");
+        let e = load(dir.path()).expect_err("a directory");
+        assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
+    }
+}
