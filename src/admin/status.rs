@@ -30,6 +30,8 @@ pub fn render(state: &AppState) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": (state.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        // Which process answers: it changes with every binary upgrade.
+        "pid": std::process::id(),
         "listeners": listeners,
         "pools": pools,
     })

@@ -117,7 +117,10 @@ pub async fn start_successor(
         // Sockets from systemd were this process's; the successor gets them by name above.
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES");
+        .env_remove("LISTEN_FDNAMES")
+        // The manager set it to this process; the successor, as the new main process, feeds
+        // the watchdog from now on (WATCHDOG_USEC stays).
+        .env_remove("WATCHDOG_PID");
     // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; clearing
     // FD_CLOEXEC in the child leaves the parent's flags as they were.
     unsafe {

@@ -2,6 +2,8 @@
 //! tiny HTTP(S) clients and bounded waits. Loopback only.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
