@@ -3,7 +3,7 @@
 # splicer in a container: a small runtime image that runs as an unprivileged user.
 #
 #   docker build -t splicer:0.1.0 .
-#   docker run -d --name splicer -p 443:443 -p 127.0.0.1:9090:9090 --stop-timeout 40 \
+#   docker run -d --name splicer -p 443:443 -p 127.0.0.1:9090:9090 --stop-timeout 60 \
 #       -v /etc/splicer:/etc/splicer:ro splicer:0.1.0
 #
 # The config is read from /etc/splicer/splicer.toml: mount the directory that holds it (and its
@@ -11,13 +11,14 @@
 # config of its own; examples are under /usr/share/splicer/examples.
 #
 # Base images are pinned by tag: the Rust toolchain to the exact release the project is built and
-# tested with, Debian to its stable release. Pin them by digest as well
-# (`FROM rust:1.95.0-slim-bookworm@sha256:...`) where the registry can be reached; the digests
-# could not be looked up where this file was written. Both stages must be the same Debian
-# release, since the binary links against the build stage's glibc.
+# tested with, Debian to its stable release, 13 "trixie" (stable since August 2025; 12
+# "bookworm" is oldstable, with security updates until mid-2026 and LTS after that). Pin them by
+# digest as well (`FROM rust:1.95.0-slim-trixie@sha256:...`) where the registry can be reached;
+# the digests could not be looked up where this file was written. Both stages must be the same
+# Debian release, since the binary links against the build stage's glibc.
 
 # ---- build ------------------------------------------------------------------------------------
-FROM rust:1.95.0-slim-bookworm AS build
+FROM rust:1.95.0-slim-trixie AS build
 WORKDIR /src
 # Only what cargo reads (.dockerignore sends nothing else): the manifest and lock file, the
 # sources, and benches/ because Cargo.toml declares a bench target there.
@@ -35,9 +36,10 @@ RUN cargo build --release --locked
 RUN strip --strip-debug target/release/splicer
 
 # ---- runtime ----------------------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:trixie-slim
 # ca-certificates: the system roots that health checks with tls_verify = true and no ca_file
-# verify against. Nothing else: no shell tools are needed at run time. Versions are not pinned:
+# verify against. Nothing else (the health check below uses bash, which the base image has).
+# Versions are not pinned:
 # Debian's security updates replace them, and pinned versions would stop the image building.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -59,14 +61,21 @@ USER 10001:10001
 # above 1024 or the systemd unit instead.
 EXPOSE 443 9090
 
-# `splicer status` exits 0 when the admin API answers (so the process serves) and 1 when it does
-# not; it needs an [admin] table on port 9090. SPLICER_ADMIN moves it elsewhere.
+# Healthy means ready: GET /ready on the admin API answers 200 (listeners accept, every pool has
+# a backend up or fails open); 503 (no usable backend, or shutting down) or no answer is
+# unhealthy. It needs an [admin] table on port 9090; SPLICER_ADMIN (http://host:port) moves it
+# elsewhere, for this check and for `docker exec splicer splicer status`. The check exits 0 or 1
+# only (Docker reserves 2). It is bash's /dev/tcp rather than splicer itself because
+# `splicer status` asks /status, which answers while splicer is not ready, and exits 2 on a bad
+# URL; and the image has no curl.
 ENV SPLICER_ADMIN=http://127.0.0.1:9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["splicer", "status"]
+    CMD ["/bin/bash", "-c", "a=\"${SPLICER_ADMIN#http://}\"; a=\"${a%%/*}\"; printf -v req 'GET /ready HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' \"$a\" && exec 3<>\"/dev/tcp/${a%:*}/${a##*:}\" && echo -n \"$req\" >&3 && read -r -t 4 _ code _ <&3 && [[ \"$code\" == 200* ]] || exit 1"]
 
-# SIGTERM stops accepting and drains for runtime.drain_timeout (30s by default). Docker sends
-# SIGKILL after 10s unless told otherwise: run with --stop-timeout 40 (or `docker stop -t 40`).
+# SIGTERM turns /ready 503 at once, keeps accepting for runtime.shutdown_delay (0s by default),
+# then stops accepting and drains for runtime.drain_timeout (30s by default). Docker sends
+# SIGKILL after 10s unless told otherwise: run with a --stop-timeout (or `docker stop -t`) above
+# shutdown_delay + drain_timeout, e.g. 60.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["splicer"]
 CMD ["run", "-c", "/etc/splicer/splicer.toml"]
