@@ -64,13 +64,11 @@ EXPOSE 443 9090
 # Healthy means ready: GET /ready on the admin API answers 200 (listeners accept, every pool has
 # a backend up or fails open); 503 (no usable backend, or shutting down) or no answer is
 # unhealthy. It needs an [admin] table on port 9090; SPLICER_ADMIN (http://host:port) moves it
-# elsewhere, for this check and for `docker exec splicer splicer status`. The check exits 0 or 1
-# only (Docker reserves 2). It is bash's /dev/tcp rather than splicer itself because
-# `splicer status` asks /status, which answers while splicer is not ready, and exits 2 on a bad
-# URL; and the image has no curl.
+# elsewhere, for this check and for `docker exec splicer splicer status`. `status --ready` asks
+# only /ready and exits 0 or 1, never 2 (which Docker reserves); the image has no curl.
 ENV SPLICER_ADMIN=http://127.0.0.1:9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["/bin/bash", "-c", "a=\"${SPLICER_ADMIN#http://}\"; a=\"${a%%/*}\"; printf -v req 'GET /ready HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n' \"$a\" && exec 3<>\"/dev/tcp/${a%:*}/${a##*:}\" && echo -n \"$req\" >&3 && read -r -t 4 _ code _ <&3 && [[ \"$code\" == 200* ]] || exit 1"]
+    CMD ["splicer", "status", "--ready"]
 
 # SIGTERM turns /ready 503 at once, keeps accepting for runtime.shutdown_delay (0s by default),
 # then stops accepting and drains for runtime.drain_timeout (30s by default). Docker sends

@@ -280,7 +280,8 @@ async fn serve(
     ready: mpsc::Sender<(SocketAddr, i64)>,
 ) {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let std_listener = splicer::net::listener::bind("proxy", any, 4096, false).expect("bind the proxy");
+    let std_listener =
+        splicer::net::listener::bind("proxy", any, 4096, false).expect("bind the proxy");
     let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
     let addr = listener.local_addr().expect("addr");
     // SAFETY: gettid has no preconditions.

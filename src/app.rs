@@ -505,8 +505,13 @@ impl AppState {
             let Some(lc) = new.listeners.iter().find(|l| &l.name == name) else {
                 continue;
             };
-            let bound = listener::bind(&format!("listener '{name}'"), lc.bind, lc.backlog, lc.reuse_port)
-                .map_err(|e| vec![format!("{}: {}", new.source.display(), error_chain(&e))])?;
+            let bound = listener::bind(
+                &format!("listener '{name}'"),
+                lc.bind,
+                lc.backlog,
+                lc.reuse_port,
+            )
+            .map_err(|e| vec![format!("{}: {}", new.source.display(), error_chain(&e))])?;
             let socket = TcpListener::from_std(bound).map_err(|e| {
                 vec![format!(
                     "{}: listener {name}: cannot register socket: {e}",

@@ -66,6 +66,10 @@ enum Command {
         /// The instance's admin API: http://host:port or host:port.
         #[arg(long, value_name = "URL", env = "SPLICER_ADMIN", default_value = status_cmd::DEFAULT_ADMIN)]
         admin: String,
+        /// Only ask GET /ready: exit 0 when it answers 200, else 1 (never 2, which Docker
+        /// reserves); for container health checks and scripts.
+        #[arg(long)]
+        ready: bool,
     },
     /// Replace the running splicer with the binary now installed at its path, handing over
     /// its listening sockets (POST /upgrade; same as SIGUSR2).
@@ -130,7 +134,11 @@ fn main() -> ExitCode {
     });
     match cli.command {
         Command::Check { config } => check(config_path(config)),
-        Command::Status { admin } => status(&admin),
+        Command::Status { admin, ready: true } => status_ready(&admin),
+        Command::Status {
+            admin,
+            ready: false,
+        } => status(&admin),
         Command::Upgrade {
             admin,
             token_file,
@@ -171,8 +179,7 @@ fn main() -> ExitCode {
                 ready_pipe,
             };
             exit_from(
-                runtime(workers)
-                    .and_then(|rt| rt.block_on(run(config, &mut inherited, lifecycle))),
+                runtime(workers).and_then(|rt| rt.block_on(run(config, &mut inherited, lifecycle))),
             )
         }
         Command::Demo { nodes } => {
@@ -373,11 +380,51 @@ async fn run(
     Ok(())
 }
 
+/// Bound of `status --ready`: under the 5 s a container health check is usually given.
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// `splicer status --ready`: 0 when `/ready` answers 200, 1 for anything else.
+fn status_ready(admin: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("splicer: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let answer = runtime.block_on(status_cmd::request(
+        admin,
+        hyper::Method::GET,
+        "/ready",
+        None,
+        READY_CHECK_TIMEOUT,
+    ));
+    match answer {
+        Ok((200, _)) => ExitCode::SUCCESS,
+        Ok((code, body)) => {
+            eprintln!(
+                "splicer: not ready ({code}): {}",
+                String::from_utf8_lossy(&body).trim()
+            );
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            eprintln!("splicer: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration) -> ExitCode {
     let token = match token_file.map(std::fs::read_to_string).transpose() {
         Ok(t) => t.map(|t| t.trim().to_string()),
         Err(e) => {
-            let path = token_file.map(|p| p.display().to_string()).unwrap_or_default();
+            let path = token_file
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             eprintln!("splicer: cannot read token file {path}: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -392,7 +439,13 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    let answer = runtime.block_on(status_cmd::post(admin, "/upgrade", token.as_deref(), timeout));
+    let answer = runtime.block_on(status_cmd::request(
+        admin,
+        hyper::Method::POST,
+        "/upgrade",
+        token.as_deref(),
+        timeout,
+    ));
     match answer {
         Ok((200, body)) => {
             let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -404,9 +457,10 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
         }
         Ok((status, body)) => {
             let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let why = doc["error"]
-                .as_str()
-                .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
+            let why = doc["error"].as_str().map_or_else(
+                || String::from_utf8_lossy(&body).into_owned(),
+                str::to_string,
+            );
             eprintln!("splicer: upgrade refused ({status}): {why}");
             match e_is_usage(status) {
                 true => ExitCode::from(EXIT_CONFIG),

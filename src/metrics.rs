@@ -157,7 +157,8 @@ const STATE_FILE_ERRORS: Counters<0> = Counters {
 
 const UPGRADES: Counters<1> = Counters {
     name: "splicer_upgrades",
-    help: "Binary upgrades started by this process, by result (ok: a new process took the sockets).",
+    help:
+        "Binary upgrades started by this process, by result (ok: a new process took the sockets).",
     labels: ["result"],
 };
 

@@ -342,10 +342,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `POST path` (with the bearer `token`, if any) to the admin API at `admin`: the answer's
-/// status and body, whatever the status. For `splicer upgrade` and other admin actions.
-pub async fn post(
+/// `method path` (with the bearer `token`, if any) to the admin API at `admin`: the answer's
+/// status and body, whatever the status. For `splicer upgrade`, `status --ready` and the like.
+pub async fn request(
     admin: &str,
+    method: Method,
     path: &'static str,
     token: Option<&str>,
     timeout: Duration,
@@ -361,7 +362,7 @@ pub async fn post(
     let stream = tokio::time::timeout_at(deadline, connect(&target, &url))
         .await
         .map_err(|_| timed_out(false))??;
-    let exchange = exchange(stream, &target, &url, Method::POST, path, token);
+    let exchange = exchange(stream, &target, &url, method, path, token);
     let (status, body) = tokio::time::timeout_at(deadline, exchange)
         .await
         .map_err(|_| timed_out(true))??;

@@ -549,13 +549,14 @@ fn systemd_unit_is_locked_down() {
         reload[..reload.len() - 1].iter().all(|r| *r == check),
         "only a check may come before the SIGHUP"
     );
-    // The stop timeout covers the drain of the configs this unit is shipped with.
+    // The stop timeout covers the shutdown delay and the drain of the configs this unit is
+    // shipped with.
     let stop = duration(unit_value(&unit, "TimeoutStopSec"));
     for config in [cloud_init_config(), configmap_config()] {
-        let drain = config.runtime.drain_timeout;
+        let grace = config.runtime.shutdown_delay + config.runtime.drain_timeout;
         assert!(
-            stop > drain && stop <= drain + Duration::from_secs(30),
-            "TimeoutStopSec {stop:?} should be a little above drain_timeout {drain:?}"
+            stop > grace && stop <= grace + Duration::from_secs(30),
+            "TimeoutStopSec {stop:?} should be a little above shutdown_delay + drain_timeout {grace:?}"
         );
     }
     assert_eq!(
@@ -575,6 +576,14 @@ fn systemd_unit_is_locked_down() {
         text.replace(BINARY_PATH, env!("CARGO_BIN_EXE_splicer")),
     )
     .unwrap();
+    // The unit needs its sockets beside it (Sockets=, Requires=).
+    for socket in ["splicer.socket", "splicer-admin.socket"] {
+        fs::copy(
+            repo().join("deploy/systemd").join(socket),
+            dir.path().join(socket),
+        )
+        .unwrap();
+    }
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
@@ -719,8 +728,14 @@ fn cloud_init_config() -> splicer::config::Config {
 
 fn configmap_config() -> splicer::config::Config {
     let toml = literal_block(&read(CONFIGMAP), "data:", "splicer.toml");
-    parse_in_dir(&toml, &[("admin.token", "0123456789abcdef\n")])
-        .unwrap_or_else(|e| panic!("the ConfigMap's splicer.toml is invalid:\n{e}"))
+    parse_in_dir(
+        &toml,
+        &[
+            ("admin.token", "0123456789abcdef\n"),
+            ("quay-ca.pem", &ca_pem()),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("the ConfigMap's splicer.toml is invalid:\n{e}"))
 }
 
 #[test]
@@ -877,13 +892,26 @@ fn kubernetes_manifests_agree_with_their_config() {
     assert!(parse_in_dir(&toml, &[("admin.token", example_token)]).is_err());
     // Quay pods from the headless Service's DNS name.
     let discover = config.pools[0].discover.as_ref().expect("discover");
-    let (name, namespace) = (
-        headless_field(&headless, "name"),
-        headless_field(&headless, "namespace"),
+    // The Service goes into Quay's namespace, whatever it is (it names none); the ConfigMap's
+    // discover name is `<its name>.<that namespace>.svc.cluster.local`.
+    let name = headless_field(&headless, "name");
+    assert!(
+        !headless.contains("namespace:"),
+        "the headless Service must not pin a namespace"
     );
-    assert_eq!(
-        discover.dns,
-        format!("{name}.{namespace}.svc.cluster.local")
+    let rest = discover
+        .dns
+        .strip_prefix(&format!("{name}."))
+        .and_then(|r| r.strip_suffix(".svc.cluster.local"))
+        .unwrap_or_else(|| {
+            panic!(
+                "discover {} is not {name}.<namespace>.svc.cluster.local",
+                discover.dns
+            )
+        });
+    assert!(
+        !rest.is_empty() && !rest.contains('.'),
+        "one namespace label: {rest}"
     );
     assert!(headless.contains("clusterIP: None"));
     assert!(headless.contains(&format!("port: {}", discover.port)));
@@ -956,7 +984,12 @@ fn headless_field<'a>(yaml: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn example_configs_show_their_features() {
-    let nlb = splicer::config::load(&repo().join("config/behind-nlb.toml")).unwrap();
+    // behind-nlb.toml's admin API is reachable, so it names a token file beside it.
+    let nlb = parse_in_dir(
+        &read("config/behind-nlb.toml"),
+        &[("admin.token", "0123456789abcdef\n")],
+    )
+    .unwrap();
     assert!(nlb.listeners[0].accept_proxy);
     let quay = &nlb.pools[0];
     assert_eq!(quay.send_proxy, splicer::config::SendProxy::V2);

@@ -175,7 +175,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>
                 Err(e @ (UpgradeError::InProgress | UpgradeError::ShuttingDown)) => {
                     error(StatusCode::CONFLICT, &e.to_string())
                 }
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &crate::app::error_chain(&e)),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &crate::app::error_chain(&e),
+                ),
             }
         }
         ["upgrade"] => method_not_allowed("POST"),

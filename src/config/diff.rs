@@ -103,7 +103,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         d.needs_restart.push("admin.bind");
     }
     let reuse_port_changed = new.listeners.iter().any(|l| {
-        find_listener(old, &l.name).is_some_and(|o| o.bind == l.bind && o.reuse_port != l.reuse_port)
+        find_listener(old, &l.name)
+            .is_some_and(|o| o.bind == l.bind && o.reuse_port != l.reuse_port)
     });
     if reuse_port_changed {
         // The kept socket was bound with the old setting; only a new socket takes the new one.

@@ -64,7 +64,12 @@ impl Inherited {
         let listen_fds = std::env::var("LISTEN_FDS").ok();
         let listen_pid = std::env::var("LISTEN_PID").ok();
         let listen_names = std::env::var("LISTEN_FDNAMES").ok();
-        for var in [UPGRADE_FDS_ENV, "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        for var in [
+            UPGRADE_FDS_ENV,
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+        ] {
             // SAFETY-free in edition 2021; called before the runtime starts any thread.
             std::env::remove_var(var);
         }
@@ -245,7 +250,10 @@ mod tests {
         assert!(w.is_empty(), "{w:?}");
         let unrelated: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert!(inh.take("https", unrelated).is_some_and(|r| r.is_ok()));
-        let by_addr = inh.take("other", b_addr).expect("matched").expect("listener");
+        let by_addr = inh
+            .take("other", b_addr)
+            .expect("matched")
+            .expect("listener");
         assert_eq!(by_addr.local_addr().expect("addr"), b_addr);
         assert!(inh.take("dgram", udp_addr).expect("matched").is_err());
         assert!(inh.take("nothing", unrelated).is_none());

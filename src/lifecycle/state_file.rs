@@ -146,11 +146,8 @@ pub fn load(path: &Path) -> Result<State, StateFileError> {
         });
     }
     let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut std::io::Read::take(file, MAX_SIZE + 1),
-        &mut text,
-    )
-    .map_err(read_err)?;
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_SIZE + 1), &mut text)
+        .map_err(read_err)?;
     let state: State = serde_json::from_str(&text).map_err(|e| StateFileError::Invalid {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -177,8 +174,8 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateFileError> {
         version: VERSION,
         backends: state.backends.clone(),
     };
-    let mut text = serde_json::to_vec_pretty(&doc)
-        .map_err(|e| write_err(std::io::Error::other(e)))?;
+    let mut text =
+        serde_json::to_vec_pretty(&doc).map_err(|e| write_err(std::io::Error::other(e)))?;
     text.push(b'\n');
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -249,6 +246,9 @@ mod tests {
         let e = load(&path).expect_err("future version");
         assert!(e.to_string().contains("version 99"), "{e}");
         let e = load(dir.path()).expect_err("a directory");
-        assert!(e.to_string().contains(&dir.path().display().to_string()), "{e}");
+        assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        );
     }
 }

@@ -102,10 +102,8 @@ pub async fn start_successor(
     sockets: &[(String, RawFd)],
     timeout: Duration,
 ) -> Result<Upgraded, UpgradeError> {
-    let (read_end, write_end) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
-            UpgradeError::Pipe(e.into())
-        })?;
+    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| UpgradeError::Pipe(e.into()))?;
     let write_fd = write_end.as_raw_fd();
     let mut inherit: Vec<RawFd> = sockets.iter().map(|(_, fd)| *fd).collect();
     inherit.push(write_fd);

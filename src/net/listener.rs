@@ -188,16 +188,26 @@ mod tests {
     /// what to suspect; with it on both sockets, both bind (the operator asked for that).
     #[test]
     fn a_taken_address_is_an_error_unless_reuse_port_is_asked_for() {
-        let first = bind("listener 'a'", "127.0.0.1:0".parse().expect("addr"), 16, false)
-            .expect("bind");
+        let first = bind(
+            "listener 'a'",
+            "127.0.0.1:0".parse().expect("addr"),
+            16,
+            false,
+        )
+        .expect("bind");
         let addr = first.local_addr().expect("addr");
         let e = bind("listener 'https'", addr, 16, false).expect_err("taken");
         assert_eq!(
             e.to_string(),
             format!("listener 'https': {addr} is already in use (is another splicer running?)")
         );
-        let shared = bind("listener 'a'", "127.0.0.1:0".parse().expect("addr"), 16, true)
-            .expect("bind");
+        let shared = bind(
+            "listener 'a'",
+            "127.0.0.1:0".parse().expect("addr"),
+            16,
+            true,
+        )
+        .expect("bind");
         let shared_addr = shared.local_addr().expect("addr");
         assert!(bind("listener 'b'", shared_addr, 16, true).is_ok());
     }

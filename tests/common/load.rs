@@ -36,6 +36,30 @@ impl Target {
     }
 }
 
+/// How long a reader pauses after each read, changeable while downloads run (a test slows them
+/// until the moment they must span, then lets them finish).
+#[derive(Clone, Default)]
+pub struct Pace(Arc<AtomicU64>);
+
+impl Pace {
+    /// A pause of `pause` per read.
+    pub fn new(pause: Duration) -> Pace {
+        let pace = Pace::default();
+        pace.set(pause);
+        pace
+    }
+
+    /// From the next read on, pause `pause`.
+    pub fn set(&self, pause: Duration) {
+        let micros = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(micros, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+}
+
 /// Outcomes so far.
 #[derive(Default)]
 pub struct Tally {
@@ -114,7 +138,7 @@ pub async fn request(
     addr: SocketAddr,
     path: &str,
     expect_len: Option<usize>,
-    read_pause: Duration,
+    read_pause: &Pace,
     limit: Duration,
 ) -> Result<(), std::io::Error> {
     let fut = async {
@@ -131,14 +155,13 @@ pub async fn request(
                 Ok(0) => break,
                 Ok(n) => n,
                 // A peer closing without close_notify is fine once the answer is whole.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => {
-                    break
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => break,
                 Err(e) => return Err(e),
             };
             buf.extend_from_slice(&chunk[..n]);
-            if !read_pause.is_zero() {
-                tokio::time::sleep(read_pause).await;
+            let pause = read_pause.get();
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
         }
         let head_end = buf
@@ -176,9 +199,12 @@ pub async fn request(
         }
         Ok(())
     };
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out")))
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "request timed out",
+        ))
+    })
 }
 
 /// Short requests from `workers` loops, each pausing `every` between requests, until stopped.
@@ -200,7 +226,9 @@ impl Load {
                 tokio::spawn(async move {
                     let started = Instant::now();
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
-                        tally.record(request(target.get(), "/", None, Duration::ZERO, REQUEST_LIMIT).await);
+                        tally.record(
+                            request(target.get(), "/", None, &Pace::default(), REQUEST_LIMIT).await,
+                        );
                         tokio::time::sleep(every).await;
                     }
                 })
@@ -219,21 +247,24 @@ impl Load {
     }
 }
 
-/// `count` downloads of `bytes` each through `addr`, read slowly (`read_pause` per 64 KiB),
-/// started now; their outcomes land in the returned tally when they end.
+/// `count` downloads of `bytes` each through `addr`, read slowly (`read_pause` per read),
+/// started now; their outcomes land in the returned tally when they end, and each task
+/// answers how long its download took.
 pub fn downloads(
     addr: SocketAddr,
     count: usize,
     bytes: usize,
-    read_pause: Duration,
-) -> (Arc<Tally>, Vec<tokio::task::JoinHandle<()>>) {
+    read_pause: Pace,
+) -> (Arc<Tally>, Vec<tokio::task::JoinHandle<Duration>>) {
     let tally = Arc::new(Tally::default());
     let tasks = (0..count)
         .map(|_| {
-            let tally = tally.clone();
+            let (tally, pace) = (tally.clone(), read_pause.clone());
             tokio::spawn(async move {
+                let started = Instant::now();
                 let path = format!("/bytes/{bytes}");
-                tally.record(request(addr, &path, Some(bytes), read_pause, DOWNLOAD_LIMIT).await);
+                tally.record(request(addr, &path, Some(bytes), &pace, DOWNLOAD_LIMIT).await);
+                started.elapsed()
             })
         })
         .collect();
