@@ -358,13 +358,12 @@ impl AppState {
     }
 
     /// Reads the state file and applies its decisions (at start, before listeners open).
-    async fn restore_state_file(&self) {
-        let path = {
-            let persisted = self.persisted.lock().await;
-            match persisted.path.clone() {
-                Some(p) => p,
-                None => return,
-            }
+    /// `persisted` is held from before the admin API accepts: an action arriving during
+    /// start-up waits, and then applies over the restored state instead of writing a file
+    /// without it.
+    async fn restore_state_file(&self, mut persisted: tokio::sync::MutexGuard<'_, Persisted>) {
+        let Some(path) = persisted.path.clone() else {
+            return;
         };
         let read_path = path.clone();
         let loaded = tokio::task::spawn_blocking(move || state_file::load(&read_path)).await;
@@ -399,7 +398,7 @@ impl AppState {
                     "the state file names a backend the config does not have; kept for later"),
             }
         }
-        self.persisted.lock().await.state = state;
+        persisted.state = state;
     }
 
     /// Starts a new splicer from the executable path recorded at start, hands it every
@@ -656,6 +655,7 @@ impl AppState {
                 routes,
                 access_log.clone(),
                 counters,
+                new.runtime.client_table_size,
             ));
             control
                 .loops
@@ -815,6 +815,8 @@ pub async fn start_with(
         state_file_errors: AtomicU64::new(0),
     });
 
+    // Taken before the admin API accepts, released once the state file is restored.
+    let restoring = state.persisted.lock().await;
     let mut admin_addr = None;
     if let Some(socket) = bound.admin {
         let addr = socket.local_addr().ok();
@@ -830,9 +832,13 @@ pub async fn start_with(
         let stop_admin = stop_background.child_token();
         let handed_over = state.handed_over.clone();
         let stop_on_handover = stop_admin.clone();
+        // Ends with the admin API too: a task left waiting for a hand-over that never comes
+        // would hold every shutdown for STOP_GRACE.
         background.spawn(async move {
-            handed_over.cancelled().await;
-            stop_on_handover.cancel();
+            tokio::select! {
+                _ = handed_over.cancelled() => stop_on_handover.cancel(),
+                _ = stop_on_handover.cancelled() => {}
+            }
         });
         background.spawn(admin::serve(
             listener,
@@ -856,7 +862,7 @@ pub async fn start_with(
     })
     .await;
     // Operator decisions from before the restart or upgrade apply before the first client.
-    state.restore_state_file().await;
+    state.restore_state_file(restoring).await;
 
     {
         let mut control = state.control.lock().await;
@@ -878,6 +884,7 @@ pub async fn start_with(
                 routes,
                 access_log.clone(),
                 Arc::new(ListenerCounters::default()),
+                config.runtime.client_table_size,
             ));
             control
                 .loops

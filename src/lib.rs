@@ -29,6 +29,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod edge;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;

@@ -25,7 +25,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::app::AppState;
 use crate::net::connect::ConnectFailure;
 use crate::pool::{Backend, BackendState, Pool};
-use crate::proxy::ListenerCtx;
+use crate::proxy::{ListenerCtx, RefusedReason};
 
 /// Content type of [`render`]'s output: prometheus-client's text encoder writes OpenMetrics 1.0.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -110,6 +110,19 @@ const LISTENER_CONNECTIONS: Counters<1> = Counters {
 const LISTENER_ACTIVE_CONNECTIONS: Gauges<1> = Gauges {
     name: "splicer_listener_active_connections",
     help: "Client connections of the listener open now.",
+    labels: ["listener"],
+};
+
+const LISTENER_REFUSED: Counters<2> = Counters {
+    name: "splicer_listener_refused",
+    help: "Client connections refused by the listener's edge protection: denied (allow/deny), client_limit (per_client_max_connections), client_rate (per_client_rate).",
+    labels: ["listener", "reason"],
+};
+
+const LISTENER_CLIENT_TABLE: Gauges<1> = Gauges {
+    name: "splicer_listener_client_table_entries",
+    help:
+        "Clients the listener's per-client table remembers now (at most runtime.client_table_size).",
     labels: ["listener"],
 };
 
@@ -329,6 +342,20 @@ impl Collector for Scrape {
             self.listeners
                 .iter()
                 .map(|l| ([l.config.name.as_str()], l.active_connections())),
+        )?;
+        LISTENER_REFUSED.encode(
+            &mut enc,
+            self.listeners.iter().flat_map(|l| {
+                RefusedReason::ALL
+                    .iter()
+                    .map(move |r| ([l.config.name.as_str(), r.as_str()], l.refused(*r)))
+            }),
+        )?;
+        LISTENER_CLIENT_TABLE.encode(
+            &mut enc,
+            self.listeners
+                .iter()
+                .map(|l| ([l.config.name.as_str()], l.client_table_len() as u64)),
         )?;
         POOL_FAIL_OPEN.encode(
             &mut enc,

@@ -3,7 +3,7 @@
 //! backends) → [write our PROXY header] → replay what was read → pump bytes both ways → one
 //! access-log line. Runs as its own task.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::{ListenerConfig, PoolConfig, SendProxy};
+use crate::edge::{ClientGuard, ClientTable, Refusal};
 use crate::net::connect::{connect, ConnectFailure};
 use crate::net::listener::Accepted;
 use crate::net::pump::{self, End, Traffic};
@@ -36,13 +37,50 @@ pub struct ListenerCtx {
     /// The listener's name, shared by every access-log record.
     name: Arc<str>,
     counters: Arc<ListenerCounters>,
+    /// `runtime.client_table_size`, for the table made on first need.
+    client_table_size: usize,
 }
 
-/// A listener's connection counters; they outlive reloads that change its settings.
+/// A listener's connection counters and per-client table; they outlive reloads that change its
+/// settings (open connections keep their places in the table).
 #[derive(Debug, Default)]
 pub struct ListenerCounters {
     active: AtomicU64,
     total: AtomicU64,
+    refused_denied: AtomicU64,
+    refused_limit: AtomicU64,
+    refused_rate: AtomicU64,
+    /// Made on the first connection that needs it (most listeners set no per-client limit).
+    clients: std::sync::OnceLock<Arc<ClientTable>>,
+}
+
+/// Why the edge protection refused a connection (`splicer_listener_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedReason {
+    /// `allow`/`deny`.
+    Denied,
+    /// `per_client_max_connections`.
+    ClientLimit,
+    /// `per_client_rate`.
+    ClientRate,
+}
+
+impl RefusedReason {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [RefusedReason; 3] = [
+        RefusedReason::Denied,
+        RefusedReason::ClientLimit,
+        RefusedReason::ClientRate,
+    ];
+
+    /// The metric label and the access log's `end`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedReason::Denied => "denied",
+            RefusedReason::ClientLimit => "client_limit",
+            RefusedReason::ClientRate => "client_rate",
+        }
+    }
 }
 
 impl ListenerCtx {
@@ -54,6 +92,7 @@ impl ListenerCtx {
         routes: Vec<(String, Arc<Pool>)>,
         access_log: AccessLog,
         counters: Arc<ListenerCounters>,
+        client_table_size: usize,
     ) -> Self {
         ListenerCtx {
             name: Arc::from(config.name.as_str()),
@@ -63,6 +102,51 @@ impl ListenerCtx {
             routes,
             access_log,
             counters,
+            client_table_size,
+        }
+    }
+
+    /// Connections refused by the edge protection for `reason`.
+    pub fn refused(&self, reason: RefusedReason) -> u64 {
+        let c = &self.counters;
+        match reason {
+            RefusedReason::Denied => &c.refused_denied,
+            RefusedReason::ClientLimit => &c.refused_limit,
+            RefusedReason::ClientRate => &c.refused_rate,
+        }
+        .load(Ordering::Relaxed)
+    }
+
+    /// Clients in the per-client table now (0 when the listener sets no per-client limit).
+    pub fn client_table_len(&self) -> usize {
+        self.counters.clients.get().map_or(0, |t| t.len())
+    }
+
+    /// Applies `allow`/`deny` and the per-client limits to a new connection from `client`.
+    /// `Ok(None)`: nothing to track.
+    fn admit(&self, client: IpAddr) -> Result<Option<ClientGuard>, RefusedReason> {
+        let c = &self.counters;
+        if !self.config.access.admits(client) {
+            c.refused_denied.fetch_add(1, Ordering::Relaxed);
+            return Err(RefusedReason::Denied);
+        }
+        let limits = &self.config.client_limits;
+        if !limits.is_set() {
+            return Ok(None);
+        }
+        let table = c
+            .clients
+            .get_or_init(|| ClientTable::new(self.client_table_size));
+        match table.admit(client, limits, Instant::now()) {
+            Ok(guard) => Ok(Some(guard)),
+            Err(Refusal::Limit) => {
+                c.refused_limit.fetch_add(1, Ordering::Relaxed);
+                Err(RefusedReason::ClientLimit)
+            }
+            Err(Refusal::Rate) => {
+                c.refused_rate.fetch_add(1, Ordering::Relaxed);
+                Err(RefusedReason::ClientRate)
+            }
         }
     }
 
@@ -291,6 +375,15 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         backend: None,
     };
 
+    // Without a PROXY header the peer is the client: decide before reading anything from it.
+    let mut client_slot = None;
+    if !ctx.config.accept_proxy {
+        match ctx.admit(peer.ip()) {
+            Ok(slot) => client_slot = slot,
+            Err(reason) => return refuse(&ctx, &client, &log, started, reason),
+        }
+    }
+
     let opening = tokio::select! {
         r = read_opening(&ctx, &mut client, peer) => r,
         _ = stop.cancelled() => Err(Refused::Gone),
@@ -303,6 +396,13 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         }
     };
     log.client = opening.client;
+    if ctx.config.accept_proxy {
+        // Only now is the client known: the PROXY header named it.
+        match ctx.admit(opening.client.ip()) {
+            Ok(slot) => client_slot = slot,
+            Err(reason) => return refuse(&ctx, &client, &log, started, reason),
+        }
+    }
     log.sni = opening.sni.clone();
     if let Some(sni) = opening.sni.as_deref() {
         if let Some(pool) = client_hello::route(sni, &ctx.routes) {
@@ -376,6 +476,23 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
     )
     .await;
     log_end(&ctx, &log, &traffic, started, end.as_str());
+    // The client's place in its per-client count is held until here (every return drops it).
+    drop(client_slot);
+}
+
+/// Ends a connection the edge protection refused: logged with the reason as its `end`; a
+/// denied client gets a reset rather than a close, so it learns nothing and no TIME_WAIT stays.
+fn refuse(
+    ctx: &ListenerCtx,
+    client: &TcpStream,
+    log: &LogFields,
+    started: Instant,
+    reason: RefusedReason,
+) {
+    if reason == RefusedReason::Denied {
+        crate::net::listener::set_reset_on_close(client);
+    }
+    log_end(ctx, log, &Traffic::default(), started, reason.as_str());
 }
 
 /// What the access log says about a connection besides its bytes and end.

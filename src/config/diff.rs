@@ -110,6 +110,10 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         // The kept socket was bound with the old setting; only a new socket takes the new one.
         d.needs_restart.push("listener.reuse_port");
     }
+    if old.runtime.client_table_size != new.runtime.client_table_size {
+        // Each listener's table keeps its size: it holds the open connections' places.
+        d.needs_restart.push("runtime.client_table_size");
+    }
     if old.runtime.workers != new.runtime.workers {
         d.needs_restart.push("runtime.workers");
     }

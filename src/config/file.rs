@@ -55,6 +55,8 @@ pub struct RuntimeFile {
     pub upgrade_timeout: Option<Spanned<String>>,
     /// Path of the file that keeps admin decisions across restarts; `""` = off.
     pub state_file: Option<Spanned<String>>,
+    /// Entries of each listener's per-client table.
+    pub client_table_size: Option<Spanned<i64>>,
 }
 
 /// One `[[listener]]`.
@@ -79,6 +81,14 @@ pub struct ListenerFile {
     pub accept_proxy: Option<Spanned<bool>>,
     /// Bind with SO_REUSEPORT (several processes on one address, on purpose).
     pub reuse_port: Option<Spanned<bool>>,
+    /// CIDRs admitted (empty = everyone).
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// CIDRs refused (wins over allow).
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Open connections per client; 0 = no limit.
+    pub per_client_max_connections: Option<Spanned<i64>>,
+    /// New connections per client, `"50/s"`; `""` = no limit.
+    pub per_client_rate: Option<Spanned<String>>,
     /// `[[listener.route]]` tables.
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -213,6 +223,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "shutdown_delay",
             "upgrade_timeout",
             "state_file",
+            "client_table_size",
         ],
     ),
     (
@@ -227,6 +238,10 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "backlog",
             "accept_proxy",
             "reuse_port",
+            "allow",
+            "deny",
+            "per_client_max_connections",
+            "per_client_rate",
             "route",
         ],
     ),

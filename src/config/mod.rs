@@ -209,6 +209,8 @@ pub struct RuntimeConfig {
     pub upgrade_timeout: Duration,
     /// Where admin decisions persist; `None` = nowhere.
     pub state_file: Option<PathBuf>,
+    /// Entries of each listener's per-client table (its memory bound).
+    pub client_table_size: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -221,6 +223,7 @@ impl Default for RuntimeConfig {
             shutdown_delay: Duration::ZERO,
             upgrade_timeout: Duration::from_secs(30),
             state_file: None,
+            client_table_size: 65536,
         }
     }
 }
@@ -246,6 +249,10 @@ pub struct ListenerConfig {
     pub accept_proxy: bool,
     /// SO_REUSEPORT: only on request, since it lets a second process share the address.
     pub reuse_port: bool,
+    /// `allow`/`deny`: who may connect at all.
+    pub access: crate::edge::AccessList,
+    /// `per_client_max_connections`/`per_client_rate`.
+    pub client_limits: crate::edge::Limits,
     /// SNI routes, in file order (exact names win over wildcards at match time).
     pub routes: Vec<RouteConfig>,
 }

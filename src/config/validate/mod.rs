@@ -29,6 +29,8 @@ const DEFAULT_ADMIN_BIND: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9090));
 /// More threads than this is a typo, not a machine.
 const MAX_WORKERS: i64 = 1024;
+/// Largest per-client table: 16 Mi entries is a few GiB, beyond any one machine's clients.
+const MAX_CLIENT_TABLE: i64 = 16 * 1024 * 1024;
 
 /// Parses and checks `text` (the contents of `path`) into a [`Config`], or every problem found.
 pub fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -263,6 +265,19 @@ impl Checker<'_> {
         AdminConfig { bind: addr, token }
     }
 
+    /// A list of CIDRs (`allow`, `deny`); each bad entry is reported where it stands.
+    fn cidrs(&mut self, list: Option<&Spanned<Vec<Spanned<String>>>>) -> Vec<crate::edge::Cidr> {
+        let Some(list) = list else { return Vec::new() };
+        let mut out = Vec::with_capacity(list.get_ref().len());
+        for entry in list.get_ref() {
+            match crate::edge::Cidr::parse(entry.get_ref().trim()) {
+                Ok(c) => out.push(c),
+                Err(e) => self.report_at(entry, e),
+            }
+        }
+        out
+    }
+
     /// A path from the file, resolved against the config's directory when relative (so the
     /// file works from any working directory).
     fn relative_path(&self, given: &str) -> std::path::PathBuf {
@@ -342,6 +357,14 @@ impl Checker<'_> {
                 "upgrade_timeout",
                 defaults.upgrade_timeout,
             ),
+            client_table_size: usize::try_from(self.int(
+                r.client_table_size.as_ref(),
+                "client_table_size",
+                (1, MAX_CLIENT_TABLE),
+                65536,
+                "it bounds each listener's per-client table",
+            ))
+            .unwrap_or(65536),
             state_file: r
                 .state_file
                 .as_ref()
@@ -465,6 +488,31 @@ impl Checker<'_> {
                 backlog: u32::try_from(backlog).unwrap_or(4096),
                 accept_proxy: l.accept_proxy.as_ref().is_some_and(|b| *b.get_ref()),
                 reuse_port: l.reuse_port.as_ref().is_some_and(|b| *b.get_ref()),
+                access: crate::edge::AccessList {
+                    allow: self.cidrs(l.allow.as_ref()),
+                    deny: self.cidrs(l.deny.as_ref()),
+                },
+                client_limits: crate::edge::Limits {
+                    max_connections: u32::try_from(self.int(
+                        l.per_client_max_connections.as_ref(),
+                        "per_client_max_connections",
+                        (0, i64::from(u32::MAX)),
+                        0,
+                        "0 means no limit",
+                    ))
+                    .unwrap_or(0),
+                    rate: l
+                        .per_client_rate
+                        .as_ref()
+                        .filter(|r| !r.get_ref().trim().is_empty())
+                        .and_then(|r| match crate::edge::Rate::parse(r.get_ref()) {
+                            Ok(rate) => Some(rate),
+                            Err(e) => {
+                                self.report_at(r, format!("invalid per_client_rate: {e}"));
+                                None
+                            }
+                        }),
+                },
                 routes,
             });
         }
