@@ -2,6 +2,7 @@
 //! tiny HTTP(S) clients and bounded waits. Loopback only.
 #![allow(dead_code)]
 
+pub mod installed;
 pub mod load;
 
 use std::future::Future;
