@@ -5,6 +5,7 @@
 pub mod diff;
 mod error;
 mod file;
+pub mod read;
 mod validate;
 
 use std::net::SocketAddr;
@@ -13,13 +14,18 @@ use std::time::Duration;
 
 pub use error::{line_col, ConfigError, Location, Problem};
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path`. It blocks (file I/O, parsing): async callers
+/// run it with `spawn_blocking`, never on a thread that serves connections.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::single(Problem::whole_file(
-            path,
-            format!("cannot read the config file: {e}"),
-        ))
+    let text = read::read_regular_text(path, read::MAX_CONFIG_BYTES).map_err(|e| {
+        let message = match e {
+            read::ReadFileError::TooLarge { size, limit } => format!(
+                "the config file is {size} bytes; the limit is {limit} bytes ({} MiB)",
+                limit / (1024 * 1024)
+            ),
+            e => format!("cannot read the config file: {e}"),
+        };
+        ConfigError::single(Problem::whole_file(path, message))
     })?;
     parse(path, &text)
 }

@@ -282,7 +282,7 @@ impl Checker<'_> {
             _ => given,
         };
         let shown = resolved.display();
-        match std::fs::read_to_string(&resolved) {
+        match super::read::read_regular_text(&resolved, super::read::MAX_TOKEN_FILE_BYTES) {
             Err(e) => {
                 self.report_at(value, format!("cannot read token_file {shown}: {e}"));
                 None
