@@ -157,3 +157,44 @@ async fn echo_keeps_flowing_during_a_large_reload() {
     println!("reload took {took:?}; {echoes} echoes meanwhile, the slowest {worst:?}");
     echo_once(&mut conn).await;
 }
+
+/// `splicer check` with stdout on a full disk and on a pipe nobody reads: before, `println!`
+/// panicked (exit 101, "panicked" on stderr). Now a full disk is exit 1 with a message, and a
+/// closed pipe is quiet (the reader left; the check itself passed).
+#[test]
+fn check_survives_a_failing_stdout() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let run = |stdout: std::process::Stdio| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_splicer"))
+            .args(["check", "-c", "config/minimal.toml"])
+            .env_remove("SPLICER_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run splicer check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let (code, stderr) = run(full.into());
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end); // the reader is gone before splicer writes a byte
+    let (code, stderr) = run(write_end.into());
+    assert_eq!(code, Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
