@@ -198,3 +198,226 @@ fn check_survives_a_failing_stdout() {
     assert_eq!(code, Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The admin API's edge (DESIGN §9).
+
+/// Sends `head` (request line and headers, without the blank line) plus `body` and returns the
+/// status, the head of the answer and its body; status 0 when the connection closed without one.
+async fn raw(admin: SocketAddr, head: &str, body: &[u8]) -> (u16, String, String) {
+    let fut = async {
+        let mut s = TcpStream::connect(admin).await.expect("connect");
+        let mut req = format!("{head}\r\nConnection: close\r\n\r\n").into_bytes();
+        req.extend_from_slice(body);
+        // The server may answer (413) and close before the whole body is written.
+        let _ = s.write_all(&req).await;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, head.to_string(), body.to_string())
+    };
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("admin answers in time")
+}
+
+async fn admin_splicer() -> (common::Splicer, TestServer, ConfigFile) {
+    let backend = echo_backend().await;
+    let file = ConfigFile::new(&base_config(backend.addr, ""));
+    let s = start_splicer_file(&file.path).await;
+    (s, backend, file)
+}
+
+#[tokio::test]
+async fn admin_refuses_cross_origin_posts_and_foreign_hosts() {
+    let (s, backend, _file) = admin_splicer().await;
+    let a = s.admin;
+    let drain = format!("/pools/p/backends/{}/enable", backend.addr);
+    // A form on another site, posted by the operator's browser.
+    let (code, _, body) = raw(
+        a,
+        &format!("POST {drain} HTTP/1.1\r\nHost: {a}\r\nOrigin: http://evil.example\r\nContent-Length: 0"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("\"error\""), "JSON error: {body}");
+    for origin in ["null", &format!("https://{a}"), "http://localhost:1"] {
+        let (code, _, _) = raw(
+            a,
+            &format!("POST /reload HTTP/1.1\r\nHost: {a}\r\nOrigin: {origin}\r\nContent-Length: 0"),
+            b"",
+        )
+        .await;
+        assert_eq!(code, 403, "Origin {origin}");
+    }
+    // Its own origin, and no origin (curl), are served.
+    let (code, _, body) = raw(
+        a,
+        &format!("POST {drain} HTTP/1.1\r\nHost: {a}\r\nOrigin: http://{a}\r\nContent-Length: 0"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let port = a.port();
+    let (code, _, _) = raw(
+        a,
+        &format!("POST /reload HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: http://localhost:{port}\r\nContent-Length: 0"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+    // DNS rebinding: the page's own name reaches 127.0.0.1.
+    for host in [
+        format!("evil.example:{port}"),
+        format!("{a}.evil.example"),
+        format!("127.0.0.1:{}", port.wrapping_add(1)),
+    ] {
+        let (code, _, body) = raw(a, &format!("GET /status HTTP/1.1\r\nHost: {host}"), b"").await;
+        assert_eq!(code, 421, "Host {host}: {body}");
+    }
+    let (code, _, _) = raw(
+        a,
+        &format!("GET /status HTTP/1.1\r\nHost: localhost:{port}"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn admin_paths_and_methods_are_strict() {
+    let (s, backend, _file) = admin_splicer().await;
+    let a = s.admin;
+    for path in [
+        "//reload",
+        "/reload/",
+        "/status/",
+        "//status",
+        "/pools//backends",
+    ] {
+        let (code, _, _) = raw(
+            a,
+            &format!("POST {path} HTTP/1.1\r\nHost: {a}\r\nContent-Length: 0"),
+            b"",
+        )
+        .await;
+        assert_eq!(code, 404, "POST {path}");
+        let (code, _, _) = raw(a, &format!("GET {path} HTTP/1.1\r\nHost: {a}"), b"").await;
+        assert_eq!(code, 404, "GET {path}");
+    }
+    let (code, head, _) = raw(a, &format!("FOO / HTTP/1.1\r\nHost: {a}"), b"").await;
+    assert_eq!(code, 501, "{head}");
+    let (code, head, _) = raw(a, &format!("OPTIONS /reload HTTP/1.1\r\nHost: {a}\r\nOrigin: http://evil.example\r\nAccess-Control-Request-Method: POST"), b"").await;
+    assert_eq!(code, 405, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("allow: post"), "{head}");
+    assert!(!lower.contains("access-control-allow"), "{head}");
+    let (code, head, _) = raw(a, &format!("DELETE /status HTTP/1.1\r\nHost: {a}"), b"").await;
+    assert_eq!(code, 405, "{head}");
+    // A leading zero in the port is not another spelling of the backend.
+    let zero = format!("{}:0{}", backend.addr.ip(), backend.addr.port());
+    let (code, _, body) = raw(
+        a,
+        &format!("POST /pools/p/backends/{zero}/drain HTTP/1.1\r\nHost: {a}\r\nContent-Length: 0"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    let e = splicer::config::parse(
+        Path::new("t.toml"),
+        &base_config(backend.addr, "").replace(&backend.addr.to_string(), &zero),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("leading zero"), "{e}");
+}
+
+#[tokio::test]
+async fn admin_bounds_sizes_and_connections() {
+    let (s, _backend, _file) = admin_splicer().await;
+    let a = s.admin;
+    // Body past 64 KiB: declared, and chunked (no length up front).
+    let big = vec![b'x'; 65 * 1024];
+    let (code, _, _) = raw(
+        a,
+        &format!(
+            "POST /reload HTTP/1.1\r\nHost: {a}\r\nContent-Length: {}",
+            big.len()
+        ),
+        &big,
+    )
+    .await;
+    assert_eq!(code, 413);
+    let mut chunked = format!("{:x}\r\n", big.len()).into_bytes();
+    chunked.extend_from_slice(&big);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (code, _, _) = raw(
+        a,
+        &format!("POST /reload HTTP/1.1\r\nHost: {a}\r\nTransfer-Encoding: chunked"),
+        &chunked,
+    )
+    .await;
+    assert_eq!(code, 413);
+    // A head past 16 KiB.
+    let filler = "x".repeat(20 * 1024);
+    let (code, _, _) = raw(
+        a,
+        &format!("GET /health HTTP/1.1\r\nHost: {a}\r\nX-Filler: {filler}"),
+        b"",
+    )
+    .await;
+    assert!(
+        code == 431 || code == 0,
+        "a huge head is refused, got {code}"
+    );
+
+    // 64 idle connections fill every slot; the 65th is closed at once, unanswered.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(TcpStream::connect(a).await.expect("connect"));
+    }
+    // Each held one is surely accepted once it answers (sequential, so the count is exact).
+    for s in held.iter_mut().take(1) {
+        s.write_all(format!("GET /health HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("answer")
+            .expect("read");
+        assert!(n > 0);
+    }
+    let mut extra = TcpStream::connect(a)
+        .await
+        .expect("the kernel still completes the handshake");
+    let _ = extra
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: {a}\r\n\r\n").as_bytes())
+        .await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(WAIT, extra.read_to_end(&mut buf))
+        .await
+        .expect("closed at once, not left waiting")
+        .unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "the 65th connection got an answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Freeing a slot serves the next one.
+    held.clear();
+    common::wait_until(WAIT, "a freed slot serves a request", || async {
+        common::try_http(a, "GET", "/health")
+            .await
+            .is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+}

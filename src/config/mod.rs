@@ -30,6 +30,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text)
 }
 
+/// Parses a backend or bind address exactly as the config file does: `ip:port`, IPv6 in
+/// brackets, the port without leading zeros. The admin API uses it for `{address}` in paths.
+pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    validate::socket_addr(s)
+}
+
 /// Validates `text` as a config file; `path` names it in messages and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     validate::validate(path, text)
@@ -159,16 +165,15 @@ impl AdminToken {
     }
 
     /// Compares `candidate` with the token in time independent of where they differ, so the
-    /// token can't be guessed byte by byte from response times.
+    /// token can't be guessed byte by byte from response times. Both sides are hashed first so
+    /// that the comparison (subtle's, not a hand-written loop the optimiser might shortcut)
+    /// runs over equal lengths and the token's length does not leak either.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        let token = self.0.as_bytes();
-        let mut diff = u8::from(token.len() != candidate.len());
-        for i in 0..token.len().max(candidate.len()) {
-            let a = token.get(i).copied().unwrap_or(0);
-            let b = candidate.get(i).copied().unwrap_or(0xff);
-            diff |= a ^ b;
-        }
-        diff == 0
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let want = Sha256::digest(self.0.as_bytes());
+        let given = Sha256::digest(candidate);
+        want.as_slice().ct_eq(given.as_slice()).into()
     }
 }
 

@@ -9,6 +9,8 @@ mod pool;
 mod syntax;
 mod values;
 
+pub(super) use values::socket_addr;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
