@@ -160,7 +160,8 @@ impl Checker<'_> {
         }
     }
 
-    /// A duration where zero would mean "fail at once" rather than "off".
+    /// A duration bounding a wait for a peer (or a period), where zero would mean "fail at
+    /// once" (or "spin") rather than "off": `"0s"` is an error naming the key.
     fn positive_duration(
         &mut self,
         value: Option<&Spanned<String>>,
@@ -459,7 +460,8 @@ impl Checker<'_> {
                 pool,
                 max_connections: usize::try_from(max_connections).unwrap_or(0),
                 idle_timeout: (!idle.is_zero()).then_some(idle),
-                client_hello_timeout: self.duration(
+                // 0 would close every connection on a listener with routes or accept_proxy.
+                client_hello_timeout: self.positive_duration(
                     l.client_hello_timeout.as_ref(),
                     "client_hello_timeout",
                     Duration::from_secs(5),
