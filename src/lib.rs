@@ -28,6 +28,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod console;
 pub mod discovery;
 pub mod edge;
 pub mod health;

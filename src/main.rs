@@ -22,6 +22,13 @@ use splicer::status_cmd::{self, StatusCmdError};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A line on stderr that never panics (`eprintln!` does when stderr is closed).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        splicer::console::eprint_line(&format!($($arg)*))
+    };
+}
+
 /// Exit code for usage and configuration errors.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code for runtime failures (e.g. an address already in use).
@@ -153,7 +160,7 @@ fn main() -> ExitCode {
             let mut config = match config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("{e}");
+                    say!("{e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -209,7 +216,7 @@ fn exit_from(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line on stderr, which is also where logs go: no need to say it twice.
-            eprintln!("splicer: {e:#}");
+            say!("splicer: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -235,13 +242,24 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: PathBuf) -> ExitCode {
     match config::load(&path) {
         Ok(config) => {
-            println!("{}: OK", path.display());
-            print!("{}", config.summary());
-            ExitCode::SUCCESS
+            let text = format!("{}: OK\n{}", path.display(), config.summary());
+            stdout(&text).unwrap_or(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("{e}");
+            say!("{e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Writes a command's output; `Some(exit code 1)` after telling why when stdout failed (a
+/// reader that closed the pipe is not a failure, see [`splicer::console::print`]).
+fn stdout(text: &str) -> Option<ExitCode> {
+    match splicer::console::print(text) {
+        Ok(()) => None,
+        Err(e) => {
+            say!("splicer: cannot write to stdout: {e}");
+            Some(ExitCode::from(EXIT_RUNTIME))
         }
     }
 }
@@ -253,18 +271,15 @@ fn status(admin: &str) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("splicer: cannot start the async runtime: {e}");
+            say!("splicer: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
     match runtime.block_on(status_cmd::fetch(admin, status_cmd::DEFAULT_TIMEOUT)) {
-        Ok(doc) => {
-            print!("{}", status_cmd::render(&doc));
-            ExitCode::SUCCESS
-        }
+        Ok(doc) => stdout(&status_cmd::render(&doc)).unwrap_or(ExitCode::SUCCESS),
         Err(e) => {
             // The message already names the cause in words; the source chain would repeat it.
-            eprintln!("splicer: {e}");
+            say!("splicer: {e}");
             match e {
                 StatusCmdError::BadUrl { .. } => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::from(EXIT_RUNTIME),
@@ -391,7 +406,7 @@ fn status_ready(admin: &str) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("splicer: cannot start the async runtime: {e}");
+            say!("splicer: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -405,14 +420,14 @@ fn status_ready(admin: &str) -> ExitCode {
     match answer {
         Ok((200, _)) => ExitCode::SUCCESS,
         Ok((code, body)) => {
-            eprintln!(
+            say!(
                 "splicer: not ready ({code}): {}",
                 String::from_utf8_lossy(&body).trim()
             );
             ExitCode::from(EXIT_RUNTIME)
         }
         Err(e) => {
-            eprintln!("splicer: {e}");
+            say!("splicer: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -425,7 +440,7 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
             let path = token_file
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            eprintln!("splicer: cannot read token file {path}: {e}");
+            say!("splicer: cannot read token file {path}: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -435,7 +450,7 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("splicer: cannot start the async runtime: {e}");
+            say!("splicer: cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
@@ -449,11 +464,11 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
     match answer {
         Ok((200, body)) => {
             let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            println!(
-                "upgraded: old pid {} drains its connections, new pid {} serves",
+            let text = format!(
+                "upgraded: old pid {} drains its connections, new pid {} serves\n",
                 doc["old_pid"], doc["new_pid"]
             );
-            ExitCode::SUCCESS
+            stdout(&text).unwrap_or(ExitCode::SUCCESS)
         }
         Ok((status, body)) => {
             let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -461,14 +476,14 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
                 || String::from_utf8_lossy(&body).into_owned(),
                 str::to_string,
             );
-            eprintln!("splicer: upgrade refused ({status}): {why}");
+            say!("splicer: upgrade refused ({status}): {why}");
             match e_is_usage(status) {
                 true => ExitCode::from(EXIT_CONFIG),
                 false => ExitCode::from(EXIT_RUNTIME),
             }
         }
         Err(e) => {
-            eprintln!("splicer: {e}");
+            say!("splicer: {e}");
             match e {
                 StatusCmdError::BadUrl { .. } => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::from(EXIT_RUNTIME),
@@ -484,10 +499,15 @@ fn e_is_usage(status: u16) -> bool {
 
 async fn rig(opts: RigOptions) -> anyhow::Result<()> {
     let rig = Rig::start(opts).await.context("cannot start the rig")?;
+    let mut text = String::new();
     for (i, addr) in rig.node_addrs().iter().enumerate() {
-        println!("node-{} https://{addr}/", i + 1);
+        text.push_str(&format!("node-{} https://{addr}/\n", i + 1));
     }
-    println!("control API http://{}/nodes", rig.control_addr());
+    text.push_str(&format!(
+        "control API http://{}/nodes\n",
+        rig.control_addr()
+    ));
+    splicer::console::print(&text).context("cannot write to stdout")?;
     first_stop_signal().await?;
     rig.shutdown().await;
     Ok(())
@@ -549,15 +569,15 @@ async fn demo(nodes: usize) -> anyhow::Result<()> {
         .admin_addr()
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
     let control = rig.control_addr();
-    println!();
-    println!("splicer demo: {nodes} simulated nodes behind splicer on https://{lb}/");
+    let mut text =
+        format!("\nsplicer demo: {nodes} simulated nodes behind splicer on https://{lb}/\n");
     for (i, addr) in rig.node_addrs().iter().enumerate() {
-        println!(
-            "  node-{}  {addr}  (its own self-signed certificate; TLS ends at the node)",
+        text.push_str(&format!(
+            "  node-{}  {addr}  (its own self-signed certificate; TLS ends at the node)\n",
             i + 1
-        );
+        ));
     }
-    println!(
+    text.push_str(&format!(
         r#"
 Try, in another terminal:
   # which node answered (the balancer rotates; -k because the nodes' certificates are self-signed)
@@ -581,8 +601,10 @@ Try, in another terminal:
   curl -s -X POST http://{control}/nodes/3/start
   # the whole cluster: GET http://{control}/nodes
 
-Ctrl-C stops the demo."#
-    );
+Ctrl-C stops the demo.
+"#
+    ));
+    splicer::console::print(&text).context("cannot write to stdout")?;
     first_stop_signal().await?;
     running.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), rig.shutdown()).await;

@@ -251,7 +251,8 @@ async fn status_document_has_the_exact_shape() {
 
     assert_eq!(
         keys(&doc),
-        set(&["version", "uptime_seconds", "listeners", "pools"]),
+        // `pid` came with the lifecycle work (which process answered, across upgrades).
+        set(&["version", "uptime_seconds", "pid", "listeners", "pools"]),
         "{doc}"
     );
     assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));

@@ -392,3 +392,129 @@ fn hostile_input_never_panics() {
         );
     }
 }
+
+/// DESIGN §3: every duration key, with `"0s"`, a sub-millisecond value and `1ms`. Keys where 0
+/// means off/never accept it (and `check` shows it as such); keys that bound a wait for a peer,
+/// or a period, refuse it naming the key; a finer value than 1ms is an error everywhere.
+#[test]
+fn each_duration_key_has_its_zero_rule() {
+    struct Key {
+        key: &'static str,
+        /// Builds a file with `key = value` in its table.
+        file: fn(&str) -> String,
+        zero_ok: bool,
+    }
+    fn pool_key(line: &str) -> String {
+        in_pool(line)
+    }
+    fn listener_key(line: &str) -> String {
+        in_listener(line)
+    }
+    fn runtime_key(line: &str) -> String {
+        in_runtime(line)
+    }
+    fn health_key(line: &str) -> String {
+        in_health(line)
+    }
+    fn cluster_key(line: &str) -> String {
+        format!("{L}{P}[pool.cluster_health]\n{line}")
+    }
+    fn every_key(line: &str) -> String {
+        let value = line.trim_end().trim_start_matches("every = ");
+        format!("{L}[[pool]]\nname = \"p\"\ndiscover = {{ dns = \"quay.internal\", port = 443, every = {value} }}\n")
+    }
+    let keys = [
+        Key {
+            key: "idle_timeout",
+            file: listener_key,
+            zero_ok: true,
+        },
+        Key {
+            key: "client_hello_timeout",
+            file: listener_key,
+            zero_ok: false,
+        },
+        Key {
+            key: "slow_start",
+            file: pool_key,
+            zero_ok: true,
+        },
+        Key {
+            key: "connect_timeout",
+            file: pool_key,
+            zero_ok: false,
+        },
+        Key {
+            key: "shutdown_delay",
+            file: runtime_key,
+            zero_ok: true,
+        },
+        Key {
+            key: "drain_timeout",
+            file: runtime_key,
+            zero_ok: true,
+        },
+        Key {
+            key: "upgrade_timeout",
+            file: runtime_key,
+            zero_ok: false,
+        },
+        Key {
+            key: "timeout",
+            file: health_key,
+            zero_ok: false,
+        },
+        Key {
+            key: "interval",
+            file: cluster_key,
+            zero_ok: false,
+        },
+        Key {
+            key: "every",
+            file: every_key,
+            zero_ok: false,
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for k in &keys {
+        let text = |v: &str| (k.file)(&format!("{} = \"{v}\"\n", k.key));
+        let load = |v: &str| config::parse(&dir.path().join("t.toml"), &text(v));
+        // 1ms is the finest value and is accepted everywhere (a health timeout below interval).
+        assert!(
+            load("1ms").is_ok(),
+            "{} = 1ms: {:?}\n{}",
+            k.key,
+            load("1ms").err(),
+            text("1ms")
+        );
+        match (load("0s"), k.zero_ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains(&format!("{} must be longer than 0s", k.key)),
+                    "{}: {e}",
+                    k.key
+                );
+            }
+            (r, _) => panic!(
+                "{} = \"0s\": zero_ok {} but got {:?}",
+                k.key,
+                k.zero_ok,
+                r.err()
+            ),
+        }
+        for finer in ["0.5ms", "0.0000001ms", "1.0001s"] {
+            let e = load(finer).expect_err(finer).to_string();
+            assert!(
+                e.contains(k.key) && e.contains("whole number of milliseconds"),
+                "{} = {finer}: {e}",
+                k.key
+            );
+        }
+    }
+    // What 0 means where it is allowed, as `check` prints it.
+    let c = config::parse(Path::new("t.toml"), &in_listener("idle_timeout = \"0s\"\n")).unwrap();
+    assert_eq!(c.listeners[0].idle_timeout, None);
+    assert!(c.summary().contains("idle_timeout never"));
+}

@@ -2,7 +2,10 @@
 //! atomics and snapshots; actions and reloads are messages to the pool supervisors and the app,
 //! so nothing here can stall the data path.
 
+mod guard;
 mod status;
+
+use guard::Arrival;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,15 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
@@ -28,6 +32,23 @@ use crate::pool::{AdminAction, AdminError};
 
 /// An admin client that sends nothing for this long is dropped, so idle sockets can't pile up.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to receive a request's body once its head arrived.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for an answer; the work itself runs in a task of its own and is never cut off
+/// half-way (a reload or an upgrade finishes and is logged), the client just hears 503. Above
+/// the default `upgrade_timeout` (30s) plus a start-up health round.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest life of one admin connection (keep-alive included): a client that never reads its
+/// answers cannot hold one of the [`MAX_CONNECTIONS`] slots for ever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Admin connections served at once; more are closed as soon as they are accepted, so a flood
+/// costs the process neither memory nor tasks (operators and scrapers need a handful).
+const MAX_CONNECTIONS: usize = 64;
+/// hyper's read buffer, which bounds a request head: 16 KiB (hyper's own minimum is 8 KiB); a
+/// larger head is answered 431.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Largest request body; no endpoint needs more than a small JSON document.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Serves the admin API on `listener`: accepts until `stop_accepting` is cancelled (then drops
 /// its hold on the socket), and serves each accepted connection until `stop` is cancelled.
@@ -37,12 +58,16 @@ pub async fn serve(
     stop_accepting: CancellationToken,
     stop: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let bind = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     loop {
         let accepted = tokio::select! {
             _ = stop_accepting.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(error = %e, "admin accept failed");
@@ -53,54 +78,92 @@ pub async fn serve(
                 }
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, limit = MAX_CONNECTIONS, "admin connection limit reached: closed");
+            drop(stream);
+            continue;
+        };
+        let at = Arrival {
+            bind,
+            local: stream.local_addr().unwrap_or(bind),
+        };
         let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                async move { Ok::<_, Infallible>(answer(state, at, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
             }
         });
     }
 }
 
-/// Path segments, percent-decoded (so `[::1]:443` may arrive as `%5B%3A%3A1%5D%3A443`).
-fn segments(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(percent_decode)
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
+/// The edge checks every request passes (Host, body size), then the route, run in a task of
+/// its own under [`RESPONSE_TIMEOUT`].
+async fn answer(
+    state: Arc<AppState>,
+    at: Arrival,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
+    if let Err(why) = guard::host_allowed(host.as_deref(), at) {
+        return error(StatusCode::MISDIRECTED_REQUEST, &why);
     }
-    String::from_utf8_lossy(&out).into_owned()
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return too_large(),
+        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "cannot read the request body"),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            )
+        }
+    };
+    let req = Request::from_parts(parts, body);
+    let work = tokio::spawn(async move { route(&state, at, req).await });
+    match tokio::time::timeout(RESPONSE_TIMEOUT, work).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request handler failed",
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer within 120s; the action goes on, see the log",
+        ),
+    }
 }
 
 /// Whether the request carries the configured bearer token (or none is configured).
-fn is_authorized(state: &AppState, req: &Request<Incoming>) -> bool {
+fn is_authorized(state: &AppState, req: &Request<Bytes>) -> bool {
     let token = state.admin_token();
     let Some(token) = token.as_ref() else {
         return true;
@@ -119,12 +182,43 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(SCHEME).then_some(rest)
 }
 
-async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Methods this API implements anywhere; others are 501.
+fn is_known_method(m: &Method) -> bool {
+    m == Method::GET || m == Method::HEAD || m == Method::POST
+}
+
+/// Checks a POST must pass before it acts: same origin (403), then the token (401).
+fn refuse_post(
+    state: &AppState,
+    at: Arrival,
+    req: &Request<Bytes>,
+) -> Option<Response<Full<Bytes>>> {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map(|v: &HeaderValue| v.to_str().unwrap_or("\u{fffd}"))
+    };
+    if !guard::origin_allowed(header(ORIGIN), header(HOST), at) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused: the Origin header names another site than this admin API",
+        ));
+    }
+    if !is_authorized(state, req) {
+        return Some(unauthorized());
+    }
+    None
+}
+
+async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let segs = segments(&path);
+    let Some(segs) = guard::segments(&path) else {
+        return not_found(&method, &path);
+    };
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let is_read = method == Method::GET || method == Method::HEAD;
+    let is_post = method == Method::POST;
     match segs.as_slice() {
         ["health"] if is_read => text(StatusCode::OK, "ok\n"),
         ["ready"] if is_read => {
@@ -142,10 +236,10 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>
             metrics::CONTENT_TYPE,
             Bytes::from(metrics::render(state)),
         ),
-        ["health"] | ["ready"] | ["status"] | ["metrics"] => method_not_allowed("GET"),
-        ["reload"] if method == Method::POST => {
-            if !is_authorized(state, &req) {
-                return unauthorized();
+        ["health"] | ["ready"] | ["status"] | ["metrics"] => method_not_allowed("GET, HEAD"),
+        ["reload"] if is_post => {
+            if let Some(refused) = refuse_post(state, at, &req) {
+                return refused;
             }
             match state.reload().await {
                 Ok(r) => json_response(
@@ -163,9 +257,9 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>
             }
         }
         ["reload"] => method_not_allowed("POST"),
-        ["upgrade"] if method == Method::POST => {
-            if !is_authorized(state, &req) {
-                return unauthorized();
+        ["upgrade"] if is_post => {
+            if let Some(refused) = refuse_post(state, at, &req) {
+                return refused;
             }
             match state.upgrade().await {
                 Ok(u) => json_response(
@@ -187,18 +281,44 @@ async fn route(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>
                 "drain" => AdminAction::Drain,
                 "disable" => AdminAction::Disable,
                 "enable" => AdminAction::Enable,
-                _ => return error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+                _ => return not_found(&method, &path),
             };
-            if method != Method::POST {
+            if !is_post {
                 return method_not_allowed("POST");
             }
-            if !is_authorized(state, &req) {
-                return unauthorized();
+            if let Some(refused) = refuse_post(state, at, &req) {
+                return refused;
             }
             backend_action(state, pool, address, action).await
         }
-        _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+        _ => not_found(&method, &path),
     }
+}
+
+/// 404 for a path no endpoint has; 501 when the method is one this API never implements.
+fn not_found(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if !is_known_method(method) {
+        let mut resp = error(
+            StatusCode::NOT_IMPLEMENTED,
+            &format!("method {method} is not implemented"),
+        );
+        resp.headers_mut().insert(
+            hyper::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST"),
+        );
+        return resp;
+    }
+    error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}"))
+}
+
+fn too_large() -> Response<Full<Bytes>> {
+    let mut resp = error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 async fn backend_action(
@@ -210,7 +330,7 @@ async fn backend_action(
     if state.pool(pool_name).is_none() {
         return error(StatusCode::NOT_FOUND, &format!("no pool named {pool_name}"));
     }
-    let Ok(addr) = address.parse::<SocketAddr>() else {
+    let Ok(addr) = crate::config::parse_address(address) else {
         return error(
             StatusCode::NOT_FOUND,
             &format!("pool {pool_name} has no backend {address} (backends are named ip:port)"),
@@ -271,21 +391,4 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Respo
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("%5B%3A%3A1%5D%3A443"), "[::1]:443");
-        assert_eq!(percent_decode("10.0.0.1:443"), "10.0.0.1:443");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(
-            segments("/pools/q/backends/%5B%3A%3A1%5D%3A443/drain"),
-            vec!["pools", "q", "backends", "[::1]:443", "drain"]
-        );
-    }
 }

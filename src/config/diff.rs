@@ -1,6 +1,7 @@
 //! What a reload changes: a pure comparison of the running config with the new one. The app
 //! applies it; this module only names the differences.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::{Config, ListenerConfig, PoolConfig};
@@ -39,7 +40,13 @@ fn backend_key(pool: &str, addr: SocketAddr) -> String {
     format!("{pool}/{addr}")
 }
 
+/// A pool's addresses as a set: pools of tens of thousands of backends are compared in linear
+/// time, not quadratic.
 fn addresses(p: &PoolConfig) -> Vec<SocketAddr> {
+    p.backends.iter().map(|b| b.address).collect()
+}
+
+fn address_set(p: &PoolConfig) -> HashSet<SocketAddr> {
     p.backends.iter().map(|b| b.address).collect()
 }
 
@@ -76,14 +83,15 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             }
             Some(o) => {
                 let (oa, na) = (addresses(o), addresses(p));
+                let (os, ns) = (address_set(o), address_set(p));
                 d.backends_added.extend(
                     na.iter()
-                        .filter(|a| !oa.contains(a))
+                        .filter(|a| !os.contains(a))
                         .map(|a| backend_key(&p.name, *a)),
                 );
                 d.backends_removed.extend(
                     oa.iter()
-                        .filter(|a| !na.contains(a))
+                        .filter(|a| !ns.contains(a))
                         .map(|a| backend_key(&p.name, *a)),
                 );
                 if o != p {

@@ -5,6 +5,7 @@
 pub mod diff;
 mod error;
 mod file;
+pub mod read;
 mod validate;
 
 use std::net::SocketAddr;
@@ -13,15 +14,26 @@ use std::time::Duration;
 
 pub use error::{line_col, ConfigError, Location, Problem};
 
-/// Reads and validates the config file at `path`.
+/// Reads and validates the config file at `path`. It blocks (file I/O, parsing): async callers
+/// run it with `spawn_blocking`, never on a thread that serves connections.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::single(Problem::whole_file(
-            path,
-            format!("cannot read the config file: {e}"),
-        ))
+    let text = read::read_regular_text(path, read::MAX_CONFIG_BYTES).map_err(|e| {
+        let message = match e {
+            read::ReadFileError::TooLarge { size, limit } => format!(
+                "the config file is {size} bytes; the limit is {limit} bytes ({} MiB)",
+                limit / (1024 * 1024)
+            ),
+            e => format!("cannot read the config file: {e}"),
+        };
+        ConfigError::single(Problem::whole_file(path, message))
     })?;
     parse(path, &text)
+}
+
+/// Parses a backend or bind address exactly as the config file does: `ip:port`, IPv6 in
+/// brackets, the port without leading zeros. The admin API uses it for `{address}` in paths.
+pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    validate::socket_addr(s)
 }
 
 /// Validates `text` as a config file; `path` names it in messages and anchors relative paths.
@@ -153,16 +165,15 @@ impl AdminToken {
     }
 
     /// Compares `candidate` with the token in time independent of where they differ, so the
-    /// token can't be guessed byte by byte from response times.
+    /// token can't be guessed byte by byte from response times. Both sides are hashed first so
+    /// that the comparison (subtle's, not a hand-written loop the optimiser might shortcut)
+    /// runs over equal lengths and the token's length does not leak either.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        let token = self.0.as_bytes();
-        let mut diff = u8::from(token.len() != candidate.len());
-        for i in 0..token.len().max(candidate.len()) {
-            let a = token.get(i).copied().unwrap_or(0);
-            let b = candidate.get(i).copied().unwrap_or(0xff);
-            diff |= a ^ b;
-        }
-        diff == 0
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let want = Sha256::digest(self.0.as_bytes());
+        let given = Sha256::digest(candidate);
+        want.as_slice().ct_eq(given.as_slice()).into()
     }
 }
 
@@ -490,7 +501,13 @@ impl Default for HealthConfig {
     }
 }
 
-/// Parses a duration such as `"500ms"`, `"2s"`, `"15m"`, `"1h"` or `"0s"`.
+/// Longest duration the config accepts: a year is a typo, not a timeout.
+const MAX_DURATION_MS: u128 = 365 * 86_400_000;
+
+/// Parses a duration such as `"500ms"`, `"2s"`, `"1.5s"`, `"15m"`, `"1h"` or `"0s"`. The value
+/// must be a whole number of milliseconds (`"0.5ms"` and `"0.0000001ms"` are errors, never a
+/// silent 0): the decimal is computed exactly, not through a float. Whether 0 is allowed is the
+/// key's rule (see `validate`), not the parser's.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -500,24 +517,56 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if num.is_empty() {
         return Err(format!("duration \"{s}\" has no number (e.g. \"2s\")"));
     }
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("duration \"{s}\" has a bad number"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
+    let unit_ms: u128 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => {
             return Err(format!(
                 "duration \"{s}\" has unknown unit \"{unit}\" (use ms, s, m or h)"
             ))
         }
     };
-    if !secs.is_finite() || secs > 365.0 * 86400.0 {
-        return Err(format!("duration \"{s}\" is too long"));
+    let (whole, fraction) = num.split_once('.').unwrap_or((num, ""));
+    let bad_number = || format!("duration \"{s}\" has a bad number");
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(bad_number());
     }
-    Ok(Duration::from_secs_f64(secs))
+    let too_long = || format!("duration \"{s}\" is too long (at most 365 days)");
+    // Trailing zeros of the fraction change nothing; a long whole part is simply too long.
+    let fraction = fraction.trim_end_matches('0');
+    if whole.trim_start_matches('0').len() > 12 || fraction.len() > 12 {
+        return Err(if fraction.len() > 12 {
+            format!("duration \"{s}\" is not a whole number of milliseconds")
+        } else {
+            too_long()
+        });
+    }
+    let whole_n: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad_number())?
+    };
+    let frac_n: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().map_err(|_| bad_number())?
+    };
+    let scale = 10u128.pow(u32::try_from(fraction.len()).unwrap_or(12));
+    let frac_ms = frac_n * unit_ms;
+    if frac_ms % scale != 0 {
+        return Err(format!(
+            "duration \"{s}\" is not a whole number of milliseconds (the finest unit is 1ms)"
+        ));
+    }
+    let ms = whole_n * unit_ms + frac_ms / scale;
+    if ms > MAX_DURATION_MS {
+        return Err(too_long());
+    }
+    Ok(Duration::from_millis(
+        u64::try_from(ms).map_err(|_| too_long())?,
+    ))
 }
 
 /// Formats a duration the way the config spells it.
@@ -549,6 +598,36 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("2 days").is_err());
         assert!(parse_duration("-1s").is_err());
+        // Whole milliseconds only, computed exactly.
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0ms", Some(0)),
+            ("0.0s", Some(0)),
+            ("1ms", Some(1)),
+            ("0.001s", Some(1)),
+            ("0.0015s", None),
+            ("0.5ms", None),
+            ("0.0000001ms", None),
+            ("1.0000000000000000000000s", Some(1000)),
+            ("0.1s", Some(100)),
+            ("0.1m", Some(6000)),
+            ("0.0001h", Some(360)),
+            ("0.0000001h", None),
+            ("0.001h", Some(3600)),
+            (".5s", Some(500)),
+            ("5.s", Some(5000)),
+            (".", None),
+            ("1.2.3s", None),
+            ("8760h", Some(31_536_000_000)),
+            ("8761h", None),
+            ("99999999999999999999999s", None),
+        ];
+        for &(input, want) in cases {
+            let got = parse_duration(input).ok().map(|d| d.as_millis() as u64);
+            assert_eq!(got, want, "{input:?}");
+        }
+        assert!(parse_duration("0.5ms")
+            .unwrap_err()
+            .contains("whole number of milliseconds"));
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
     }

@@ -9,6 +9,8 @@ mod pool;
 mod syntax;
 mod values;
 
+pub(super) use values::socket_addr;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -160,7 +162,8 @@ impl Checker<'_> {
         }
     }
 
-    /// A duration where zero would mean "fail at once" rather than "off".
+    /// A duration bounding a wait for a peer (or a period), where zero would mean "fail at
+    /// once" (or "spin") rather than "off": `"0s"` is an error naming the key.
     fn positive_duration(
         &mut self,
         value: Option<&Spanned<String>>,
@@ -297,7 +300,7 @@ impl Checker<'_> {
             _ => given,
         };
         let shown = resolved.display();
-        match std::fs::read_to_string(&resolved) {
+        match super::read::read_regular_text(&resolved, super::read::MAX_TOKEN_FILE_BYTES) {
             Err(e) => {
                 self.report_at(value, format!("cannot read token_file {shown}: {e}"));
                 None
@@ -480,7 +483,8 @@ impl Checker<'_> {
                 pool,
                 max_connections: usize::try_from(max_connections).unwrap_or(0),
                 idle_timeout: (!idle.is_zero()).then_some(idle),
-                client_hello_timeout: self.duration(
+                // 0 would close every connection on a listener with routes or accept_proxy.
+                client_hello_timeout: self.positive_duration(
                     l.client_hello_timeout.as_ref(),
                     "client_hello_timeout",
                     Duration::from_secs(5),

@@ -347,7 +347,10 @@ impl Checker<'_> {
             _ => given,
         };
         let shown = resolved.display();
-        let bytes = match std::fs::read(&resolved) {
+        let bytes = match super::super::read::read_regular_file(
+            &resolved,
+            super::super::read::MAX_CA_FILE_BYTES,
+        ) {
             Ok(b) => b,
             Err(e) => {
                 self.report_at(value, format!("cannot read ca_file {shown}: {e}"));

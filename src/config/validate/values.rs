@@ -8,8 +8,16 @@ use crate::config::StatusMatcher;
 
 /// Parses `ip:port` (IPv6 in brackets); hostnames are refused with a hint, since this version
 /// resolves nothing here (names belong in `pool.discover`, which re-resolves them).
+/// The port must be written canonically: std accepts `10.0.0.1:0443`, which would make two
+/// spellings of one backend (and one of them looks octal).
 pub fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse::<SocketAddr>() {
+        let port = s.rsplit_once(':').map_or("", |(_, p)| p);
+        if port != addr.port().to_string() {
+            return Err(format!(
+                "address \"{s}\" has a leading zero in its port; write \"{addr}\""
+            ));
+        }
         return Ok(addr);
     }
     if s.trim() != s || s.is_empty() {
@@ -175,6 +183,9 @@ mod tests {
             ("", "ip:port"),
             ("1.2.3.4.5:80", "not valid"),
             ("10.0.0.300:443", "not valid"),
+            ("10.0.0.1:0443", "leading zero"),
+            ("[::1]:00443", "leading zero"),
+            ("10.0.0.1:00", "leading zero"),
         ];
         for (input, phrase) in cases {
             let err = socket_addr(input).unwrap_err();

@@ -10,6 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, InvalidDnsNameError, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::config::read::{read_regular_file, MAX_CA_FILE_BYTES};
 use crate::config::HealthConfig;
 
 /// Why a pool's prober could not be built.
@@ -99,8 +100,12 @@ fn roots_from_pem(path: &Path) -> Result<RootCertStore, ProbeSetupError> {
         path: path.to_owned(),
         source,
     };
+    // Validation refused FIFOs and devices; reading the same way here means a file swapped for
+    // one since then is refused too, instead of blocking the pool's supervisor.
+    let bytes = read_regular_file(path, MAX_CA_FILE_BYTES)
+        .map_err(|e| pem_error(rustls::pki_types::pem::Error::Io(std::io::Error::other(e))))?;
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(pem_error)? {
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
         roots
             .add(cert.map_err(pem_error)?)
             .map_err(|source| ProbeSetupError::CaCert {
