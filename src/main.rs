@@ -126,6 +126,9 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (journald restarting, a closed pipe) is lost, not
+        // reported with eprintln!, which panics on a broken stderr and kills the task logging.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
