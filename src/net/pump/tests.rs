@@ -208,3 +208,52 @@ async fn only_the_first_eof_shuts_the_other_side_down() {
         .expect("writable");
     assert_eq!(second.try_write(b"x").expect("still open for writing"), 1);
 }
+
+/// The lost wake-up behind a 20 s stall of `slow_start` under CPU contention: bytes that arrive
+/// after a short read, but before the copy path marks the socket drained, must keep it
+/// readable. The arrival is landed in exactly that window: the sockets' events are recorded by
+/// the runtime's worker thread while this thread is inside `read_once` (as when a worker is
+/// preempted there), and a witness byte sent after it shows when the driver has recorded it.
+#[test]
+fn bytes_arriving_right_after_a_short_read_still_wake_the_reader() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (peer, from) = rt.block_on(pair(|_| {}));
+    let (witness_peer, witness) = rt.block_on(pair(|_| {}));
+    assert_eq!(peer.try_write(b"a").expect("first byte"), 1);
+    rt.block_on(async { tokio::time::timeout(LIMIT, read_ready(&from)).await })
+        .expect("the first byte is reported")
+        .expect("readiness");
+
+    let mut buf = [0u8; 64];
+    let n = read_once(&from, &mut buf, || {
+        assert_eq!(peer.try_write(b"b").expect("second byte"), 1);
+        // Queued at `from` (so its epoll event is raised) before the witness byte is sent.
+        let queued = std::time::Instant::now();
+        while SockRef::from(&from)
+            .peek(&mut [std::mem::MaybeUninit::new(0u8)])
+            .is_err()
+        {
+            assert!(queued.elapsed() < LIMIT, "the second byte never arrived");
+            std::thread::yield_now();
+        }
+        assert_eq!(witness_peer.try_write(b"w").expect("witness byte"), 1);
+        // The driver handles epoll's events in the order they were raised.
+        rt.block_on(async { tokio::time::timeout(LIMIT, read_ready(&witness)).await })
+            .expect("the witness byte is reported")
+            .expect("readiness");
+    })
+    .expect("read");
+    assert_eq!(&buf[..n], b"a");
+
+    // The second byte is queued: the socket must be reported readable (at once; the bound only
+    // turns a lost wake-up into a failure instead of a hang).
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), read_ready(&from)).await })
+        .expect("bytes are queued but the socket is not reported readable: a lost wake-up")
+        .expect("readiness");
+    let n = read_once(&from, &mut buf, || {}).expect("read the second byte");
+    assert_eq!(&buf[..n], b"b");
+}
