@@ -281,15 +281,20 @@ fn raise_fd_limit() {
         };
         match setrlimit(Resource::Nofile, raised) {
             Ok(()) => {
-                tracing::info!(soft = ?soft, hard = ?hard, now = ?hard, "raised the open-files limit")
+                tracing::info!(soft = %limit_text(soft), hard = %limit_text(hard), "raised the open-files limit to the hard limit")
             }
             Err(e) => {
-                tracing::warn!(soft = ?soft, hard = ?hard, error = %e, "cannot raise the open-files limit")
+                tracing::warn!(soft = %limit_text(soft), hard = %limit_text(hard), error = %e, "cannot raise the open-files limit")
             }
         }
     } else {
-        tracing::info!(soft = ?soft, hard = ?hard, "open-files limit");
+        tracing::info!(soft = %limit_text(soft), hard = %limit_text(hard), "open-files limit");
     }
+}
+
+/// An rlimit as a log shows it (`None` is no limit).
+fn limit_text(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -363,6 +368,29 @@ interval = "2s"
     config::parse(std::path::Path::new("<demo>"), &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// How to run this same binary from the user's shell: `splicer` when that is what PATH finds,
+/// else its path, relative when under the working directory (`./target/release/splicer` after
+/// `cargo run --release -- demo`, which puts nothing on PATH).
+fn self_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "splicer".to_string();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .filter_map(|dir| std::fs::canonicalize(dir.join("splicer")).ok())
+            .any(|found| found == exe)
+    });
+    if on_path {
+        return "splicer".to_string();
+    }
+    let relative = std::env::current_dir().ok().and_then(|cwd| {
+        exe.strip_prefix(cwd)
+            .ok()
+            .map(|r| format!("./{}", r.display()))
+    });
+    relative.unwrap_or_else(|| exe.display().to_string())
+}
+
 async fn demo(nodes: usize) -> anyhow::Result<()> {
     let rig = Rig::start(RigOptions {
         nodes,
@@ -380,6 +408,7 @@ async fn demo(nodes: usize) -> anyhow::Result<()> {
         .admin_addr()
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
     let control = rig.control_addr();
+    let splicer = self_command();
     println!();
     println!("splicer demo: {nodes} simulated nodes behind splicer on https://{lb}/");
     for (i, addr) in rig.node_addrs().iter().enumerate() {
@@ -405,14 +434,19 @@ Try, in another terminal:
   # the shared database fails over: every node answers 503 with database=false, yet all stay
   # in rotation (a shared outage, shown by splicer status), while the cluster check fails
   curl -s -X POST http://{control}/shared/database/down
-  splicer status --admin {admin}
+  {splicer} status --admin {admin}
   curl -s -X POST http://{control}/shared/database/up
   # a machine dying: no client connection fails, the node leaves
   curl -s -X POST http://{control}/nodes/3/stop
   curl -s -X POST http://{control}/nodes/3/start
   # the whole cluster: GET http://{control}/nodes
 
-Ctrl-C stops the demo."#
+Ctrl-C stops the demo.{install_hint}"#,
+        install_hint = if splicer == "splicer" {
+            ""
+        } else {
+            "\n(`cargo install --path .` puts `splicer` on your PATH.)"
+        }
     );
     first_stop_signal().await?;
     running.shutdown().await;

@@ -483,7 +483,17 @@ pub async fn run(
                 }
                 DirEnd::SourceReset => {
                     set_reset_on_close(backend);
-                    return End::ClientReset;
+                    // After the backend has finished (its EOF passed on), a client's reset is
+                    // how TCP closes a socket that still holds unread bytes: a TLS client that
+                    // sends close_notify and closes without reading the backend's close_notify
+                    // resets whenever that reply arrives before its close(2), which is a
+                    // race. Nothing the backend sent was cut short by us: a close, not an
+                    // abort (the reset still goes on to the backend).
+                    return if down_done {
+                        End::ClientClosed
+                    } else {
+                        End::ClientReset
+                    };
                 }
                 DirEnd::DestReset => {
                     set_reset_on_close(client);

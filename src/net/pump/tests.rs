@@ -191,6 +191,38 @@ async fn data_followed_at_once_by_fin_passes_both_ways() {
     assert_eq!((to_backend, to_client), (64, 64));
 }
 
+/// A client that closes with the backend's last bytes unread sends a reset, not a FIN (curl
+/// after a TLS close_notify exchange, when the backend's reply beats its close; here forced
+/// with SO_LINGER 0): once the backend has finished, that is a close by the client.
+#[tokio::test]
+async fn a_client_reset_after_the_backend_finished_is_a_close() {
+    let (mut client, mut backend, pumping) = pumped().await;
+    client.write_all(b"bye").await.expect("client write");
+    assert_eq!(read_exactly(&mut backend, 3).await, b"bye".to_vec());
+    backend.write_all(b"bye too").await.expect("backend write");
+    backend.shutdown().await.expect("backend shutdown");
+    assert_eq!(read_exactly(&mut client, 7).await, b"bye too".to_vec());
+    expect_eof(&mut client).await;
+    // The client then closes with a reset (as it does when bytes are left unread).
+    SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(client);
+    let (end, _, to_client) = finished(pumping).await;
+    assert_eq!(end, End::ClientClosed);
+    assert_eq!(to_client, 7);
+    expect_reset_or_eof(&mut backend).await;
+}
+
+/// The backend sees the end of the connection (a reset passed on, or a FIN).
+async fn expect_reset_or_eof(from: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(LIMIT, from.read(&mut byte))
+        .await
+        .expect("the end arrives in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
 /// The first EOF shuts the other socket's write side (half-close); the second leaves it to
 /// close(2), which follows at once.
 #[tokio::test]
