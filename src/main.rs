@@ -115,7 +115,10 @@ fn main() -> ExitCode {
         LogFormatArg::Json => LogFormat::Json,
     });
     match cli.command {
-        Command::Check { config } => check(config_path(config)),
+        Command::Check { config } => {
+            let named = config.is_some() || std::env::var_os("SPLICER_CONFIG").is_some();
+            check(config_path(config), named)
+        }
         Command::Status { admin } => status(&admin),
         Command::Run { config } => {
             let path = config_path(config);
@@ -184,7 +187,16 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     b.build().context("cannot start the async runtime")
 }
 
-fn check(path: PathBuf) -> ExitCode {
+/// `splicer check`; `named`: the path came from `-c` or `$SPLICER_CONFIG`, not the default.
+fn check(path: PathBuf, named: bool) -> ExitCode {
+    if !named && !path.exists() {
+        eprintln!(
+            "{}: no such file, and no other was named: give one with `-c PATH` or \
+             SPLICER_CONFIG=PATH (examples: config/*.toml)",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match config::load(&path) {
         Ok(config) => {
             println!("{}: OK", path.display());
