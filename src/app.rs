@@ -83,6 +83,8 @@ pub struct ReloadReport {
     pub backends_added: Vec<String>,
     /// `pool/address` of backends removed (now draining).
     pub backends_removed: Vec<String>,
+    /// Settings changed on kept listeners and pools and of the process (`ConfigDiff`).
+    pub settings_changed: Vec<String>,
 }
 
 /// A listener's accept loop and what it needs to be stopped or restarted.
@@ -410,6 +412,7 @@ impl AppState {
             listeners_removed: d.listeners_removed.clone(),
             backends_added: d.backends_added.clone(),
             backends_removed: d.backends_removed.clone(),
+            settings_changed: d.settings_changed.clone(),
         };
         control.config = new;
         Ok(report)

@@ -427,3 +427,57 @@ fn hostile_input_never_panics() {
         );
     }
 }
+
+/// `splicer check`'s summary shows what the file turns on, not only listeners and backends.
+#[test]
+fn the_summary_shows_what_the_file_configures() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["quay.example.com".to_string()]).unwrap();
+    write(dir.path(), "ca.pem", &cert.cert.pem());
+    write(dir.path(), "admin.token", "s3cret\n");
+    let text = r#"
+[admin]
+bind = "127.0.0.1:9090"
+token_file = "admin.token"
+
+[[listener]]
+name = "https"
+bind = "0.0.0.0:8443"
+pool = "quay"
+
+[[listener.route]]
+sni = "clair.example.com"
+pool = "quay"
+
+[[pool]]
+name = "quay"
+backends = ["10.0.0.11:8443"]
+slow_start = "30s"
+
+[pool.health]
+host = "quay.example.com"
+tls_verify = true
+ca_file = "ca.pem"
+shared_dependencies = ["database", "redis"]
+
+[pool.cluster_health]
+path = "/health/endtoend"
+interval = "10s"
+"#;
+    let path = write(dir.path(), "quay.toml", text);
+    let summary = config::load(&path).expect("valid").summary();
+    for phrase in [
+        "clair.example.com -> pool quay",
+        "slow start: 30s",
+        &format!(
+            "certificate verified against {}",
+            dir.path().join("ca.pem").display()
+        ),
+        "SNI and Host quay.example.com",
+        "database, redis",
+        "cluster health: GET /health/endtoend every 10s",
+        "POST needs the token_file's bearer token",
+    ] {
+        assert!(summary.contains(phrase), "no {phrase:?} in:\n{summary}");
+    }
+}

@@ -78,5 +78,6 @@ fn backend(b: &Backend) -> Value {
         "total_connections": b.total_connections(),
         "connect_failures": b.connect_failures(),
         "last_check": last_check,
+        "down_reason": b.passive_down(),
     })
 }

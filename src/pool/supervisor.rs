@@ -554,6 +554,10 @@ impl Supervisor {
         }
         if let Some(t) = self.slots[i].health.force_down() {
             let reason = format!("{consecutive} consecutive connect failures");
+            self.slots[i].backend.set_passive_down(Some(format!(
+                "{reason} (passive_fall); back after {} passing checks",
+                self.config.health.rise
+            )));
             self.log_transition(i, t, &reason);
             self.publish();
         }
