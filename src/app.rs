@@ -139,6 +139,8 @@ pub struct ReloadReport {
     pub backends_added: Vec<String>,
     /// `pool/address` of backends removed (now draining).
     pub backends_removed: Vec<String>,
+    /// Settings changed on kept listeners and pools and of the process (`ConfigDiff`).
+    pub settings_changed: Vec<String>,
 }
 
 /// A listener's accept loop and what it needs to be stopped or restarted.

@@ -143,7 +143,10 @@ fn main() -> ExitCode {
         LogFormatArg::Json => LogFormat::Json,
     });
     match cli.command {
-        Command::Check { config } => check(config_path(config)),
+        Command::Check { config } => {
+            let named = config.is_some() || std::env::var_os("SPLICER_CONFIG").is_some();
+            check(config_path(config), named)
+        }
         Command::Status { admin, ready: true } => status_ready(&admin),
         Command::Status {
             admin,
@@ -242,7 +245,16 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     b.build().context("cannot start the async runtime")
 }
 
-fn check(path: PathBuf) -> ExitCode {
+/// `splicer check`; `named`: the path came from `-c` or `$SPLICER_CONFIG`, not the default.
+fn check(path: PathBuf, named: bool) -> ExitCode {
+    if !named && !path.exists() {
+        say!(
+            "{}: no such file, and no other was named: give one with `-c PATH` or \
+             SPLICER_CONFIG=PATH (examples: config/*.toml)",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match config::load(&path) {
         Ok(config) => {
             let text = format!("{}: OK\n{}", path.display(), config.summary());
@@ -347,15 +359,20 @@ fn raise_fd_limit() {
         };
         match setrlimit(Resource::Nofile, raised) {
             Ok(()) => {
-                tracing::info!(soft = ?soft, hard = ?hard, now = ?hard, "raised the open-files limit")
+                tracing::info!(soft = %limit_text(soft), hard = %limit_text(hard), "raised the open-files limit to the hard limit")
             }
             Err(e) => {
-                tracing::warn!(soft = ?soft, hard = ?hard, error = %e, "cannot raise the open-files limit")
+                tracing::warn!(soft = %limit_text(soft), hard = %limit_text(hard), error = %e, "cannot raise the open-files limit")
             }
         }
     } else {
-        tracing::info!(soft = ?soft, hard = ?hard, "open-files limit");
+        tracing::info!(soft = %limit_text(soft), hard = %limit_text(hard), "open-files limit");
     }
+}
+
+/// An rlimit as a log shows it (`None` is no limit).
+fn limit_text(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "unlimited".to_string(), |n| n.to_string())
 }
 
 async fn run(
@@ -555,6 +572,29 @@ interval = "2s"
     config::parse(std::path::Path::new("<demo>"), &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// How to run this same binary from the user's shell: `splicer` when that is what PATH finds,
+/// else its path, relative when under the working directory (`./target/release/splicer` after
+/// `cargo run --release -- demo`, which puts nothing on PATH).
+fn self_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "splicer".to_string();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .filter_map(|dir| std::fs::canonicalize(dir.join("splicer")).ok())
+            .any(|found| found == exe)
+    });
+    if on_path {
+        return "splicer".to_string();
+    }
+    let relative = std::env::current_dir().ok().and_then(|cwd| {
+        exe.strip_prefix(cwd)
+            .ok()
+            .map(|r| format!("./{}", r.display()))
+    });
+    relative.unwrap_or_else(|| exe.display().to_string())
+}
+
 async fn demo(nodes: usize) -> anyhow::Result<()> {
     let rig = Rig::start(RigOptions {
         nodes,
@@ -572,6 +612,7 @@ async fn demo(nodes: usize) -> anyhow::Result<()> {
         .admin_addr()
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
     let control = rig.control_addr();
+    let splicer = self_command();
     let mut text =
         format!("\nsplicer demo: {nodes} simulated nodes behind splicer on https://{lb}/\n");
     for (i, addr) in rig.node_addrs().iter().enumerate() {
@@ -597,15 +638,20 @@ Try, in another terminal:
   # the shared database fails over: every node answers 503 with database=false, yet all stay
   # in rotation (a shared outage, shown by splicer status), while the cluster check fails
   curl -s -X POST http://{control}/shared/database/down
-  splicer status --admin {admin}
+  {splicer} status --admin {admin}
   curl -s -X POST http://{control}/shared/database/up
   # a machine dying: no client connection fails, the node leaves
   curl -s -X POST http://{control}/nodes/3/stop
   curl -s -X POST http://{control}/nodes/3/start
   # the whole cluster: GET http://{control}/nodes
 
-Ctrl-C stops the demo.
-"#
+Ctrl-C stops the demo.{install_hint}
+"#,
+        install_hint = if splicer == "splicer" {
+            ""
+        } else {
+            "\n(`cargo install --path .` puts `splicer` on your PATH.)"
+        }
     ));
     splicer::console::print(&text).context("cannot write to stdout")?;
     first_stop_signal().await?;

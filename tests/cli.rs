@@ -165,7 +165,8 @@ async fn check_reports_every_problem_as_path_line_col_and_exits_2() {
     assert!(lines[1].contains("rise"), "{err}");
     assert!(lines[2].contains("fall"), "{err}");
 
-    // A structural error stops reading: exactly one line, at its place.
+    // A structural error does not stop reading: it and the problem before it (no pool "p"),
+    // in file order.
     let path = write(
         dir.path(),
         "typo.toml",
@@ -176,8 +177,12 @@ async fn check_reports_every_problem_as_path_line_col_and_exits_2() {
     let out = finish(cmd).await;
     assert_eq!(code(&out), Some(2));
     let err = stderr(&out);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    let (line, col, message) = located(err.trim_end(), &path).expect("PATH:LINE:COL: message");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    let (line, col, message) = located(lines[0], &path).expect("PATH:LINE:COL: message");
+    assert_eq!((line, col), (4, 8), "{err}");
+    assert!(message.contains("pool \"p\""), "{err}");
+    let (line, col, message) = located(lines[1], &path).expect("PATH:LINE:COL: message");
     assert_eq!((line, col), (5, 1), "{err}");
     assert!(message.contains("unknown key \"bogus\""), "{err}");
 }
@@ -230,7 +235,7 @@ async fn config_path_comes_from_flag_then_env_then_current_dir() {
     let out = finish(cmd).await;
     assert_eq!(code(&out), Some(2));
     assert!(
-        stderr(&out).starts_with("splicer.toml: "),
+        stderr(&out).starts_with("splicer.toml: ") && stderr(&out).contains("-c PATH"),
         "{}",
         stderr(&out)
     );

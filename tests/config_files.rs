@@ -50,3 +50,15 @@ fn rig_config_matches_the_rig() {
     assert_eq!(pool.health.timeout.as_millis(), 500);
     assert_eq!(config.admin.unwrap().bind.to_string(), "127.0.0.1:9090");
 }
+
+/// config/quay-ha.toml is the guide's (docs/quay-ha.md) config without a CA file or token.
+#[test]
+fn quay_ha_config_matches_the_guide() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/quay-ha.toml");
+    let config = splicer::config::load(&path).unwrap();
+    let pool = &config.pools[0];
+    assert!(pool.backends.iter().all(|b| b.address.port() == 8443));
+    assert_eq!(pool.slow_start.map(|d| d.as_secs()), Some(30));
+    assert!(pool.health.tls_verify);
+    assert_eq!(pool.health.host.as_deref(), Some("quay.example.com"));
+}

@@ -105,7 +105,7 @@ fn each_rule_reports_one_problem_at_its_place() {
              "wrong type: expected an \"ip:port\" string or a table"),
         case("single table for array", format!("[listener]\nname = \"l\"\n{P}"), 1, 1,
              "[listener] must be written [[listener]]"),
-        case("syntax", format!("{L}[[pool]]\nname = = \"p\"\n"), 6, 8, "invalid TOML"),
+        case("syntax", format!("{L}[[pool]]\nname = = \"p\"\nbackends = [\"10.0.0.1:443\"]\n"), 6, 8, "invalid TOML"),
         case("missing listener name", format!("[[listener]]\nbind = \"0.0.0.0:443\"\npool = \"p\"\n{P}"), 1, 1,
              "[[listener]] is missing required key \"name\""),
         case("missing listener bind", format!("[[listener]]\nname = \"l\"\npool = \"p\"\n{P}"), 1, 1,
@@ -244,6 +244,41 @@ expect_status = "200-"
         "quay.toml:17:11: timeout (2s) must be below interval (1s)",
         "quay.toml:18:8: rise must be at least 1, not 0",
         "quay.toml:19:17: expect_status \"200-\" is not a status list",
+    ];
+    assert_eq!(got.len(), want.len(), "{err}");
+    for (line, start) in got.iter().zip(want) {
+        assert!(
+            line.starts_with(start),
+            "{line:?} does not start with {start:?}"
+        );
+    }
+}
+
+/// A syntax error and type errors do not hide the problems after them.
+#[test]
+fn syntax_and_type_errors_are_reported_with_the_rest() {
+    let text = r#"[[listener]]
+name = "https"
+bind = "0.0.0.0:443"
+pool = "quay"
+max_conections = 10
+
+[[pool]]
+name = "quay"
+backends = ["10.0.0.11:443"]
+retries = = 2
+
+[pool.health]
+interval = 10
+rise = 0
+"#;
+    let err = config::parse(Path::new("quay.toml"), text).unwrap_err();
+    let got = err.lines();
+    let want = [
+        "quay.toml:5:1: unknown key \"max_conections\" in [[listener]] (did you mean \"max_connections\"?)",
+        "quay.toml:10:11: invalid TOML: ",
+        "quay.toml:13:12: wrong type for \"interval\": a duration is a string with a unit: write interval = \"10s\"",
+        "quay.toml:14:8: rise must be at least 1, not 0",
     ];
     assert_eq!(got.len(), want.len(), "{err}");
     for (line, start) in got.iter().zip(want) {
@@ -517,4 +552,58 @@ fn each_duration_key_has_its_zero_rule() {
     let c = config::parse(Path::new("t.toml"), &in_listener("idle_timeout = \"0s\"\n")).unwrap();
     assert_eq!(c.listeners[0].idle_timeout, None);
     assert!(c.summary().contains("idle_timeout never"));
+}
+
+/// `splicer check`'s summary shows what the file turns on, not only listeners and backends.
+#[test]
+fn the_summary_shows_what_the_file_configures() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["quay.example.com".to_string()]).unwrap();
+    write(dir.path(), "ca.pem", &cert.cert.pem());
+    write(dir.path(), "admin.token", "s3cret\n");
+    let text = r#"
+[admin]
+bind = "127.0.0.1:9090"
+token_file = "admin.token"
+
+[[listener]]
+name = "https"
+bind = "0.0.0.0:8443"
+pool = "quay"
+
+[[listener.route]]
+sni = "clair.example.com"
+pool = "quay"
+
+[[pool]]
+name = "quay"
+backends = ["10.0.0.11:8443"]
+slow_start = "30s"
+
+[pool.health]
+host = "quay.example.com"
+tls_verify = true
+ca_file = "ca.pem"
+shared_dependencies = ["database", "redis"]
+
+[pool.cluster_health]
+path = "/health/endtoend"
+interval = "10s"
+"#;
+    let path = write(dir.path(), "quay.toml", text);
+    let summary = config::load(&path).expect("valid").summary();
+    for phrase in [
+        "clair.example.com -> pool quay",
+        "slow start: 30s",
+        &format!(
+            "certificate verified against {}",
+            dir.path().join("ca.pem").display()
+        ),
+        "SNI and Host quay.example.com",
+        "database, redis",
+        "cluster health: GET /health/endtoend every 10s",
+        "POST needs the token_file's bearer token",
+    ] {
+        assert!(summary.contains(phrase), "no {phrase:?} in:\n{summary}");
+    }
 }

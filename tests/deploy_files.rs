@@ -434,7 +434,10 @@ fn the_build_context_holds_what_cargo_reads() {
     }
     // Assemble what the build stage sees and let cargo read it: --locked fails when Cargo.lock
     // does not match Cargo.toml, and a missing target file (a bench, build.rs) fails the
-    // manifest. Offline: the test suite's own build already fetched every crate.
+    // manifest. Offline, and for this machine's platform only: the test suite's own build
+    // fetched the crates a build here needs, but not those of other platforms (windows-*,
+    // wasm) or cfgs (valuable), which a plain `cargo fetch` wants too and a clean CARGO_HOME
+    // does not hold.
     let dir = tempfile::tempdir().unwrap();
     for (src, dest) in &copied {
         copy_tree(&repo().join(src), &dir.path().join(dest));
@@ -452,8 +455,14 @@ fn the_build_context_holds_what_cargo_reads() {
         );
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let out = Command::new(cargo)
-        .args(["fetch", "--locked", "--offline"])
+    let version = Command::new(&cargo).arg("-vV").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    let host = version
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .unwrap_or_else(|| panic!("`cargo -vV` names no host:\n{version}"));
+    let out = Command::new(&cargo)
+        .args(["fetch", "--locked", "--offline", "--target", host])
         .current_dir(dir.path())
         .output()
         .unwrap();

@@ -454,6 +454,13 @@ timeout = "1s"
     }
     let doomed_json = backend_json(splicer.admin, doomed_addr).await;
     assert_eq!(doomed_json["state"], "down", "{doomed_json}");
+    // /status says why: its last check (at start-up) still passed.
+    assert_eq!(doomed_json["last_check"]["ok"], true, "{doomed_json}");
+    let reason = doomed_json["down_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("consecutive connect failures"),
+        "{doomed_json}"
+    );
     assert_eq!(doomed_json["connect_failures"], failures, "{doomed_json}");
     let live_json = backend_json(splicer.admin, live_addr).await;
     assert_eq!(live_json["total_connections"], sent as u64 + 10);
@@ -509,6 +516,8 @@ fall = 1000
         backend_state(splicer.admin, "p", flaky_addr).await == "up"
     })
     .await;
+    let flaky_json = backend_json(splicer.admin, flaky_addr).await;
+    assert!(flaky_json["down_reason"].is_null(), "{flaky_json}");
     let mut reached = false;
     for i in 0..4 {
         let client = TcpStream::connect(splicer.addr).await.expect("connect");

@@ -237,11 +237,15 @@ async fn reload(admin: SocketAddr) -> (u16, Value) {
     (code, v)
 }
 
-/// `POST /reload`, expecting 200 with exactly `expected`.
-async fn reload_ok(admin: SocketAddr, expected: Value) {
+/// `POST /reload`, expecting 200 with exactly `expected` listeners and backends; returns the
+/// answer (which also names the changed settings).
+async fn reload_ok(admin: SocketAddr, expected: Value) -> Value {
     let (code, v) = reload(admin).await;
     assert_eq!(code, 200, "/reload failed: {v}");
-    assert_eq!(v, expected, "/reload answer");
+    let contract = json!({"listeners": v["listeners"], "backends": v["backends"]});
+    assert_eq!(contract, expected, "/reload answer: {v}");
+    assert!(v["settings_changed"].is_array(), "/reload answer: {v}");
+    v
 }
 
 fn report(
@@ -503,7 +507,12 @@ async fn kept_backends_keep_state_and_counters() {
             "rise = 4\nfall = 2\n",
         )],
     ));
-    reload_ok(splicer.admin, report(&[], &[], &[key("p", c.addr)], &[])).await;
+    let answer = reload_ok(splicer.admin, report(&[], &[], &[key("p", c.addr)], &[])).await;
+    assert_eq!(
+        answer["settings_changed"],
+        json!(["pool p: health.rise", "pool p: health.fall"]),
+        "{answer}"
+    );
     let s = status(splicer.admin).await;
     for (addr, state) in [
         (a.addr, "up"),
@@ -832,7 +841,8 @@ async fn invalid_file_changes_nothing_and_valid_one_answers_the_diff() {
     assert_eq!(
         v,
         json!({"listeners":{"added":[],"removed":[]},
-               "backends":{"added":[format!("p/{}", b.addr)],"removed":[]}})
+               "backends":{"added":[format!("p/{}", b.addr)],"removed":[]},
+               "settings_changed":[]})
     );
     assert_eq!(reload_counts(splicer.admin).await, (1.0, 3.0));
     // Reloading the same file again changes nothing and still counts.

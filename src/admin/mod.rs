@@ -247,6 +247,7 @@ async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<F
                     json!({
                         "listeners": {"added": r.listeners_added, "removed": r.listeners_removed},
                         "backends": {"added": r.backends_added, "removed": r.backends_removed},
+                        "settings_changed": r.settings_changed,
                     })
                     .to_string(),
                 ),

@@ -72,7 +72,7 @@ fn backend(b: &Backend) -> Value {
         }
         None => Value::Null,
     };
-    json!({
+    let mut v = json!({
         "address": b.address.to_string(),
         "state": b.state().as_str(),
         "weight": b.weight(),
@@ -80,5 +80,10 @@ fn backend(b: &Backend) -> Value {
         "total_connections": b.total_connections(),
         "connect_failures": b.connect_failures(),
         "last_check": last_check,
-    })
+    });
+    // Only while passive marking is why it is down (its last check may still be a pass).
+    if let (Some(reason), Some(obj)) = (b.passive_down(), v.as_object_mut()) {
+        obj.insert("down_reason".into(), json!(reason));
+    }
+    v
 }

@@ -259,6 +259,7 @@ impl AppState {
             listeners_removed: d.listeners_removed.clone(),
             backends_added: d.backends_added.clone(),
             backends_removed: d.backends_removed.clone(),
+            settings_changed: d.settings_changed.clone(),
         };
         control.config = new;
         Ok(report)

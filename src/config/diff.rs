@@ -27,6 +27,10 @@ pub struct ConfigDiff {
     pub backends_removed: Vec<String>,
     /// Settings that only take effect at the next start (named for the log).
     pub needs_restart: Vec<&'static str>,
+    /// Every changed setting of a kept listener or pool and of the process, as
+    /// `"pool quay: health.interval"`, `"listener https: idle_timeout"`, `"runtime: drain_timeout"`:
+    /// what a reload that added and removed nothing did.
+    pub settings_changed: Vec<String>,
 }
 
 impl ConfigDiff {
@@ -65,7 +69,14 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
                 d.listeners_removed.push(l.name.clone());
                 d.listeners_added.push(l.name.clone());
             }
-            Some(o) if o != l => d.listeners_changed.push(l.name.clone()),
+            Some(o) if o != l => {
+                d.listeners_changed.push(l.name.clone());
+                d.settings_changed.extend(
+                    listener_settings(o, l)
+                        .into_iter()
+                        .map(|s| format!("listener {}: {s}", l.name)),
+                );
+            }
             Some(_) => {}
         }
     }
@@ -96,6 +107,11 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
                 );
                 if o != p {
                     d.pools_changed.push(p.name.clone());
+                    d.settings_changed.extend(
+                        pool_settings(o, p)
+                            .into_iter()
+                            .map(|s| format!("pool {}: {s}", p.name)),
+                    );
                 }
             }
         }
@@ -107,6 +123,22 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
                 .extend(addresses(p).into_iter().map(|a| backend_key(&p.name, a)));
         }
     }
+    let (or, nr) = (&old.runtime, &new.runtime);
+    let runtime = [
+        ("workers", or.workers != nr.workers),
+        ("drain_timeout", or.drain_timeout != nr.drain_timeout),
+        ("log_format", or.log_format != nr.log_format),
+        ("access_log", or.access_log != nr.access_log),
+    ];
+    d.settings_changed
+        .extend(named(&runtime, or != nr).map(|s| format!("runtime: {s}")));
+    let (oa, na) = (old.admin.as_ref(), new.admin.as_ref());
+    let admin = [
+        ("bind", oa.map(|a| a.bind) != na.map(|a| a.bind)),
+        ("token_file", oa.map(|a| &a.token) != na.map(|a| &a.token)),
+    ];
+    d.settings_changed
+        .extend(named(&admin, oa != na).map(|s| format!("admin: {s}")));
     if old.admin.as_ref().map(|a| a.bind) != new.admin.as_ref().map(|a| a.bind) {
         d.needs_restart.push("admin.bind");
     }
@@ -129,6 +161,80 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         d.needs_restart.push("runtime.log_format");
     }
     d
+}
+
+/// The names of `fields` that changed; "other settings" when the values differ (`differ`) in
+/// a field not listed.
+fn named<'a>(
+    fields: &'a [(&'static str, bool)],
+    differ: bool,
+) -> impl Iterator<Item = &'static str> + 'a {
+    let listed = fields.iter().any(|(_, changed)| *changed);
+    let other = (differ && !listed).then_some("other settings");
+    fields
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(name, _)| *name)
+        .chain(other)
+}
+
+fn listener_settings(o: &ListenerConfig, n: &ListenerConfig) -> Vec<&'static str> {
+    let fields = [
+        ("pool", o.pool != n.pool),
+        ("max_connections", o.max_connections != n.max_connections),
+        ("idle_timeout", o.idle_timeout != n.idle_timeout),
+        (
+            "client_hello_timeout",
+            o.client_hello_timeout != n.client_hello_timeout,
+        ),
+        ("accept_proxy", o.accept_proxy != n.accept_proxy),
+        ("route", o.routes != n.routes),
+    ];
+    named(&fields, o != n).collect()
+}
+
+fn pool_settings(o: &PoolConfig, n: &PoolConfig) -> Vec<&'static str> {
+    let weight = |p: &PoolConfig, a: SocketAddr| {
+        p.backends.iter().find(|b| b.address == a).map(|b| b.weight)
+    };
+    let weights = o
+        .backends
+        .iter()
+        .any(|b| weight(n, b.address).is_some_and(|w| w != b.weight));
+    let membership = addresses(o) != addresses(n);
+    let (oh, nh) = (&o.health, &n.health);
+    let fields = [
+        ("balance", o.balance != n.balance),
+        ("backends weight", weights),
+        ("discover", o.discover != n.discover),
+        ("send_proxy", o.send_proxy != n.send_proxy),
+        ("slow_start", o.slow_start != n.slow_start),
+        ("connect_timeout", o.connect_timeout != n.connect_timeout),
+        ("retries", o.retries != n.retries),
+        ("fail_open", o.fail_open != n.fail_open),
+        ("passive_fall", o.passive_fall != n.passive_fall),
+        ("health.check", oh.check != nh.check),
+        ("health.path", oh.path != nh.path),
+        ("health.port", oh.port != nh.port),
+        ("health.interval", oh.interval != nh.interval),
+        ("health.timeout", oh.timeout != nh.timeout),
+        ("health.rise", oh.rise != nh.rise),
+        ("health.fall", oh.fall != nh.fall),
+        ("health.expect_status", oh.expect_status != nh.expect_status),
+        ("health.host", oh.host != nh.host),
+        ("health.tls_verify", oh.tls_verify != nh.tls_verify),
+        ("health.ca_file", oh.ca_file != nh.ca_file),
+        (
+            "health.shared_dependencies",
+            oh.shared_dependencies != nh.shared_dependencies,
+        ),
+        ("cluster_health", o.cluster_health != n.cluster_health),
+    ];
+    // Members added or removed are reported as backends, not as a setting; the order of the
+    // list alone is no change either.
+    let differ =
+        fields.iter().any(|(_, c)| *c) || (o != n && !membership && o.backends == n.backends);
+    named(&fields, differ).collect()
 }
 
 #[cfg(test)]
@@ -157,6 +263,25 @@ backends = ["127.0.0.2:443", "127.0.0.3:443"]
     #[test]
     fn identical_configs_differ_in_nothing() {
         assert!(diff(&cfg(BASE), &cfg(BASE)).is_empty());
+    }
+
+    #[test]
+    fn changed_settings_are_named() {
+        let new = BASE.replace(
+            "backends = [\"127.0.0.2:443\", \"127.0.0.3:443\"]",
+            "backends = [\"127.0.0.2:443\", \"127.0.0.3:443\"]\nretries = 5\n\
+             [pool.health]\ninterval = \"5s\"\n[runtime]\ndrain_timeout = \"1s\"",
+        );
+        let d = diff(&cfg(BASE), &cfg(&new));
+        assert_eq!(
+            d.settings_changed,
+            vec![
+                "pool p: retries",
+                "pool p: health.interval",
+                "runtime: drain_timeout"
+            ]
+        );
+        assert!(d.backends_added.is_empty() && d.backends_removed.is_empty());
     }
 
     #[test]

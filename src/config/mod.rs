@@ -80,6 +80,23 @@ impl Config {
                 "  {}: bind {} -> pool {} (max_connections {limit}, idle_timeout {idle}, backlog {})",
                 l.name, l.bind, l.pool, l.backlog
             );
+            if l.accept_proxy {
+                let _ = writeln!(
+                    out,
+                    "    reads a PROXY header from an upstream balancer first"
+                );
+            }
+            if !l.routes.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    SNI routes (ClientHello within {}; others -> pool {}):",
+                    format_duration(l.client_hello_timeout),
+                    l.pool
+                );
+                for r in &l.routes {
+                    let _ = writeln!(out, "      {} -> pool {}", r.sni, r.pool);
+                }
+            }
         }
         let _ = writeln!(out, "pools:");
         for p in &self.pools {
@@ -117,13 +134,74 @@ impl Config {
                 h.rise,
                 h.fall
             );
+            if h.check == CheckKind::Https {
+                let host = h
+                    .host
+                    .as_deref()
+                    .map_or("no SNI, Host = the backend's address".to_string(), |host| {
+                        format!("SNI and Host {host}")
+                    });
+                let verify = match (h.tls_verify, &h.ca_file) {
+                    (false, _) => "certificate not verified".to_string(),
+                    (true, Some(ca)) => format!("certificate verified against {}", ca.display()),
+                    (true, None) => "certificate verified against the system roots".to_string(),
+                };
+                let _ = writeln!(out, "    check TLS: {verify}; {host}");
+            }
+            if !h.shared_dependencies.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    shared dependencies (an outage of these on most backends ejects none): {}",
+                    h.shared_dependencies.join(", ")
+                );
+            }
+            if let Some(c) = &p.cluster_health {
+                let _ = writeln!(
+                    out,
+                    "    cluster health: GET {} every {} (reported only)",
+                    c.path,
+                    format_duration(c.interval)
+                );
+            }
+            match p.slow_start {
+                Some(d) => {
+                    let _ = writeln!(
+                        out,
+                        "    slow start: {} from a tenth of the weight",
+                        format_duration(d)
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "    slow start: off");
+                }
+            }
+            if p.send_proxy != SendProxy::Off {
+                let _ = writeln!(
+                    out,
+                    "    sends a PROXY {} header to backends",
+                    p.send_proxy.as_str()
+                );
+            }
+            if let Some(d) = &p.discover {
+                let _ = writeln!(
+                    out,
+                    "    backends: DNS {} port {}, every {}",
+                    d.dns,
+                    d.port,
+                    format_duration(d.every)
+                );
+            }
             for b in &p.backends {
                 let _ = writeln!(out, "    backend {} weight {}", b.address, b.weight);
             }
         }
         match &self.admin {
             Some(a) => {
-                let _ = writeln!(out, "admin: {}", a.bind);
+                let token = match a.token {
+                    Some(_) => "POST needs the token_file's bearer token",
+                    None => "no token: POST is open to whoever can reach it",
+                };
+                let _ = writeln!(out, "admin: {} ({token})", a.bind);
             }
             None => {
                 let _ = writeln!(out, "admin: off");

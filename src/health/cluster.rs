@@ -77,7 +77,7 @@ pub async fn run(
             if result.ok {
                 tracing::info!(pool = %pool.name, "cluster health ok");
             } else {
-                tracing::warn!(pool = %pool.name, status = ?result.status,
+                tracing::warn!(pool = %pool.name, status = result.status,
                     error = result.error.as_deref().unwrap_or(""), "cluster health failing");
             }
             last_ok = Some(result.ok);

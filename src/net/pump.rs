@@ -204,14 +204,11 @@ fn copy_once(from: &TcpStream, to: &TcpStream) -> Copied {
 }
 
 fn copy_through(from: &TcpStream, to: &TcpStream, buf: &mut [u8]) -> Copied {
-    let n = loop {
-        match from.try_read(buf) {
-            Ok(0) => return Copied::Eof,
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Copied::Empty,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Copied::SourceReset,
-        }
+    let n = match read_once(from, buf, || {}) {
+        Ok(0) => return Copied::Eof,
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Copied::Empty,
+        Err(_) => return Copied::SourceReset,
     };
     let mut written = 0;
     while written < n {
@@ -227,21 +224,48 @@ fn copy_through(from: &TcpStream, to: &TcpStream, buf: &mut [u8]) -> Copied {
             Err(_) => return Copied::DestReset,
         }
     }
-    let full = n == buf.len();
-    if !full {
-        clear_readable(from);
+    Copied::Moved {
+        n,
+        full: n == buf.len(),
     }
-    Copied::Moved { n, full }
 }
 
-/// Marks `stream` not readable without a syscall. Only after a read returned less than asked:
-/// a TCP read takes everything queued, so the queue was empty, and edge-triggered epoll will
-/// report the next arrival. This saves the read that would only fail with EAGAIN (tokio's own
-/// reads do the same). tokio keeps a seen EOF, and readiness newer than the read, set.
-fn clear_readable(stream: &TcpStream) {
-    let _ = stream.try_io(Interest::READABLE, || {
-        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+/// Reads once from `from` into `buf`: `Ok(0)` is EOF, `WouldBlock` means nothing was queued.
+///
+/// A read that returns less than `buf` holds also marks `from` not readable, without the
+/// syscall that would only fail with EAGAIN: a TCP read takes everything queued, so the queue
+/// was empty at that moment, and edge-triggered epoll reports the next arrival. What may be
+/// cleared is only the readiness tokio had recorded *before* the read (its tick is taken
+/// first, inside `try_io`); readiness from an arrival while or after the read ran is newer and
+/// stays set. Clearing "whatever is recorded now" after the read instead loses the wake-up of
+/// bytes that arrive between the two (another worker thread's driver records them), and the
+/// direction then sleeps with bytes queued until its peer sends more: a request or response
+/// stalled for good. That happened under CPU contention, where a thread can be preempted
+/// between the read and the clear. `after_read` runs in exactly that window (a no-op, except
+/// in the test that lands an arrival there).
+fn read_once(from: &TcpStream, buf: &mut [u8], after_read: impl FnOnce()) -> io::Result<usize> {
+    use std::io::Read as _;
+    let mut short = None;
+    let result = from.try_io(Interest::READABLE, || {
+        let socket = SockRef::from(from);
+        let n = loop {
+            match (&*socket).read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        after_read();
+        if n > 0 && n < buf.len() {
+            // Reported to try_io as WouldBlock, which clears the readiness as of its tick.
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
     });
+    match short {
+        Some(n) => Ok(n),
+        None => result,
+    }
 }
 
 /// One direction of a connection: where bytes come from and go, and who hears about them.
@@ -459,7 +483,17 @@ pub async fn run(
                 }
                 DirEnd::SourceReset => {
                     set_reset_on_close(backend);
-                    return End::ClientReset;
+                    // After the backend has finished (its EOF passed on), a client's reset is
+                    // how TCP closes a socket that still holds unread bytes: a TLS client that
+                    // sends close_notify and closes without reading the backend's close_notify
+                    // resets whenever that reply arrives before its close(2), which is a
+                    // race. Nothing the backend sent was cut short by us: a close, not an
+                    // abort (the reset still goes on to the backend).
+                    return if down_done {
+                        End::ClientClosed
+                    } else {
+                        End::ClientReset
+                    };
                 }
                 DirEnd::DestReset => {
                     set_reset_on_close(client);

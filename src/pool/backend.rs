@@ -136,6 +136,8 @@ pub struct Backend {
     bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
     last_check: Mutex<Option<CheckRecord>>,
+    /// Why passive marking took it down (`/status`), until it is up again.
+    passive_down: Mutex<Option<String>>,
 }
 
 impl Backend {
@@ -158,6 +160,7 @@ impl Backend {
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             last_check: Mutex::new(None),
+            passive_down: Mutex::new(None),
         }
     }
 
@@ -286,10 +289,25 @@ impl Backend {
         }
     }
 
-    /// Forgets past connect failures once the backend is back up, so passive marking re-arms.
+    /// Forgets past connect failures once the backend is back up, so passive marking re-arms
+    /// (and its reason goes).
     pub(crate) fn reset_consecutive_failures(&self) {
         self.consecutive_connect_failures
             .store(0, Ordering::Relaxed);
+        self.set_passive_down(None);
+    }
+
+    /// Why failed data-path connects marked it down, while that is why it is down: its last
+    /// check may still be a pass from before.
+    pub fn passive_down(&self) -> Option<String> {
+        self.passive_down.lock().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// Only the pool supervisor sets this.
+    pub(crate) fn set_passive_down(&self, reason: Option<String>) {
+        if let Ok(mut g) = self.passive_down.lock() {
+            *g = reason;
+        }
     }
 
     /// Latest health-check result.

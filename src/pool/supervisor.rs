@@ -183,7 +183,6 @@ pub fn start(
         discovery: None,
         new_members: None,
     };
-    supervisor.start_cluster_health();
     supervisor.start_discovery();
     for b in &config.backends {
         supervisor.add_slot(b.address, b.weight, initial);
@@ -378,10 +377,15 @@ impl Supervisor {
         slot.checks = Some(token);
     }
 
-    /// (Re)starts the cluster-wide probe when the pool has `[pool.cluster_health]`.
+    /// (Re)starts the cluster-wide probe when the pool has `[pool.cluster_health]`. Not before
+    /// the start-up health round has finished: until then no backend is up to ask, and the
+    /// first result would be a false "cluster health failing" on every start.
     fn start_cluster_health(&mut self) {
         if let Some(token) = self.cluster.take() {
             token.cancel();
+        }
+        if self.initial_done.is_some() {
+            return; // finish_initial_round starts it
         }
         let Some(cluster) = self.config.cluster_health.clone() else {
             return;
@@ -550,6 +554,10 @@ impl Supervisor {
         }
         if let Some(t) = self.slots[i].health.force_down() {
             let reason = format!("{consecutive} consecutive connect failures");
+            self.slots[i].backend.set_passive_down(Some(format!(
+                "{reason} (passive_fall); back after {} passing checks",
+                self.config.health.rise
+            )));
             self.log_transition(i, t, &reason);
             self.publish();
         }
@@ -817,6 +825,7 @@ impl Supervisor {
             tracing::info!(pool = %self.pool.name, up, total = self.slots.len(), "start-up health round finished");
             self.publish();
             let _ = tx.send(());
+            self.start_cluster_health();
         }
     }
 

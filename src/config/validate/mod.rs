@@ -1,6 +1,8 @@
 //! From the serde mirror (`file`) to the typed [`Config`]: every rule of the config file lives
-//! here. A TOML or serde error stops at once (toml gives no more), but every semantic rule runs
-//! on everything, so one `splicer check` shows all the problems of a file.
+//! here. Every semantic rule runs on everything, so one `splicer check` shows all the problems
+//! of a file. toml stops at its first syntax or type error, so after one the offending line is
+//! set aside (commented out, keeping every offset and line number) and the file read again,
+//! until it parses; what the set-aside lines would have said is then not judged again.
 //!
 //! Submodules: `syntax` (toml's errors as plain sentences), `values` (pure parsers for
 //! addresses, status lists, paths, hosts), `pool` (`[[pool]]`, its backends and health).
@@ -36,11 +38,32 @@ const MAX_CLIENT_TABLE: i64 = 16 * 1024 * 1024;
 
 /// Parses and checks `text` (the contents of `path`) into a [`Config`], or every problem found.
 pub fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let file: FileConfig =
-        toml::from_str(text).map_err(|e| ConfigError::single(syntax::problem(path, text, &e)))?;
+    let mut text = text.to_string();
+    let mut early = Vec::new();
+    let mut set_aside: Vec<(usize, Vec<String>)> = Vec::new();
+    let file = loop {
+        match toml::from_str::<FileConfig>(&text) {
+            Ok(file) => break Some(file),
+            Err(e) => {
+                early.push(syntax::problem(path, &text, &e));
+                let offset = e.span().map_or(0, |s| s.start);
+                let line = line_col(&text, offset).0;
+                if early.len() >= MAX_EARLY_PROBLEMS || set_aside.iter().any(|(l, _)| *l == line) {
+                    break None;
+                }
+                match set_aside_line(&mut text, line) {
+                    Some(key) => set_aside.push((line, key)),
+                    None => break None,
+                }
+            }
+        }
+    };
+    let Some(file) = file else {
+        return Err(ConfigError { problems: early });
+    };
     let mut checker = Checker {
         path,
-        text,
+        text: &text,
         problems: Vec::new(),
     };
     let admin = file.admin.as_ref().map(|a| checker.admin(a));
@@ -53,8 +76,21 @@ pub fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "the file has no [[listener]]; at least one is required",
         ));
     }
-    if !checker.problems.is_empty() {
-        let mut problems = checker.problems;
+    // A set-aside key now looks absent: problems about that are echoes of the first one.
+    checker.problems.retain(|p| {
+        let on_set_aside_line = matches!(&p.location,
+            Location::At { line, .. } if set_aside.iter().any(|(l, _)| l == line));
+        let names_set_aside_key = set_aside.iter().flat_map(|(_, words)| words).any(|key| {
+            !key.is_empty()
+                && p.message
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || "_-.:".contains(c)))
+                    .any(|word| word == key)
+        });
+        !on_set_aside_line && !names_set_aside_key
+    });
+    if !checker.problems.is_empty() || !early.is_empty() {
+        let mut problems = early;
+        problems.append(&mut checker.problems);
         // File order first; problems without a place after them, in the order found.
         problems.sort_by_key(|p| match &p.location {
             Location::At { line, col, .. } => (0, *line, *col),
@@ -70,6 +106,52 @@ pub fn validate(path: &Path, text: &str) -> Result<Config, ConfigError> {
         listeners,
         pools,
     })
+}
+
+/// Syntax and type errors reported from one file at most (each costs a parse of the file).
+const MAX_EARLY_PROBLEMS: usize = 20;
+
+/// Comments out 1-based `line` of `text` in place (a `#` over its first non-blank character,
+/// so offsets and line numbers stay) and returns the words a later problem would echo it by:
+/// the key it set (`""` for a line with no `key =`) and a quoted value, if any. `None` when setting it aside could not help, or would make up problems: a table
+/// header (its keys would land in the table before) or a value that goes on to other lines.
+fn set_aside_line(text: &mut String, line: usize) -> Option<Vec<String>> {
+    let start = match line {
+        1 => 0,
+        n => text.match_indices('\n').nth(n - 2)?.0 + 1,
+    };
+    let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let content = &text[start..end];
+    let trimmed = content.trim_start();
+    let opens = |open: char, close: char| {
+        trimmed.chars().filter(|c| *c == open).count()
+            != trimmed.chars().filter(|c| *c == close).count()
+    };
+    if trimmed.is_empty()
+        || trimmed.starts_with('[')
+        || opens('[', ']')
+        || opens('{', '}')
+        || trimmed.contains("\"\"\"")
+        || trimmed.contains("'''")
+    {
+        return None;
+    }
+    let key = trimmed
+        .split_once('=')
+        .map_or("", |(k, _)| k.trim().trim_matches('"'))
+        .to_string();
+    // A quoted value (a name) counts too: other tables may refer to it.
+    let value = trimmed
+        .rsplit('"')
+        .nth(1)
+        .filter(|v| !v.is_empty() && !v.contains('='));
+    let at = start + (content.len() - trimmed.len());
+    let width = trimmed.chars().next().map_or(1, char::len_utf8);
+    let words = std::iter::once(key)
+        .chain(value.map(str::to_string))
+        .collect();
+    text.replace_range(at..at + width, &"#".repeat(width));
+    Some(words)
 }
 
 /// Collects problems while building typed values. Each helper returns a usable value (the

@@ -346,7 +346,9 @@ impl Checker<'_> {
             Some(dir) if given.is_relative() => dir.join(&given),
             _ => given,
         };
-        let shown = resolved.display();
+        // Relative to the working directory when the config's own path is: say which file.
+        let absolute = std::path::absolute(&resolved).unwrap_or_else(|_| resolved.clone());
+        let shown = absolute.display();
         let bytes = match super::super::read::read_regular_file(
             &resolved,
             super::super::read::MAX_CA_FILE_BYTES,

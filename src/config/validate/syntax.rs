@@ -81,10 +81,39 @@ fn wrong_type(rest: &str, text: &str, span: std::ops::Range<usize>) -> String {
         );
     }
     match key_before(text, span.start) {
+        Some(key) if DURATION_KEYS.contains(&key) => {
+            let number = found
+                .strip_prefix("integer ")
+                .or_else(|| found.strip_prefix("float "));
+            match number {
+                Some(n) => format!(
+                    "wrong type for \"{key}\": a duration is a string with a unit: write \
+                     {key} = \"{n}s\" (or \"{n}ms\", \"{n}m\")"
+                ),
+                None => format!(
+                    "wrong type for \"{key}\": expected a duration string such as \"2s\", \
+                     found {found}"
+                ),
+            }
+        }
         Some(key) => format!("wrong type for \"{key}\": expected {expected}, found {found}"),
         None => format!("wrong type: expected {expected}, found {found}"),
     }
 }
+
+/// Keys whose values are durations (`"500ms"`, `"2s"`): a bare number there is a common slip.
+const DURATION_KEYS: &[&str] = &[
+    "interval",
+    "timeout",
+    "every",
+    "drain_timeout",
+    "shutdown_delay",
+    "upgrade_timeout",
+    "idle_timeout",
+    "client_hello_timeout",
+    "connect_timeout",
+    "slow_start",
+];
 
 /// The key of a `key = value` line whose value starts at `offset`, if the value is not nested
 /// inside an array or inline table.
@@ -179,5 +208,10 @@ mod tests {
         assert!(first_line("[pool]\nname = \"p\"\n").contains("[pool] must be written [[pool]]"));
         assert!(first_line("[[pool]]\nname = = 1\n").starts_with("f.toml:2:8: invalid TOML: "));
         assert!(first_line("[[pool]]\ndiscver = 1\n").contains("did you mean \"discover\"?"));
+        assert_eq!(
+            first_line("[[pool]]\n[pool.health]\ninterval = 10\n"),
+            "f.toml:3:12: wrong type for \"interval\": a duration is a string with a unit: \
+             write interval = \"10s\" (or \"10ms\", \"10m\")"
+        );
     }
 }

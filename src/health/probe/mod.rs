@@ -356,13 +356,38 @@ enum Stage {
     Body,
 }
 
+/// rustls names a certificate's names in Rust's debug form (`certificate is only valid for
+/// DnsName("node-1") or IpAddress(127.0.0.2)`); logs and `/status` show them plainly.
+fn plain_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let next = [("DnsName(\"", "\")"), ("IpAddress(", ")")]
+            .into_iter()
+            .filter_map(|(open, close)| rest.find(open).map(|at| (at, open, close)))
+            .min_by_key(|(at, _, _)| *at);
+        let Some((at, open, close)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let inner = &rest[at + open.len()..];
+        let Some(end) = inner.find(close) else {
+            out.push_str(rest);
+            return out;
+        };
+        out.push_str(&rest[..at]);
+        out.push_str(&inner[..end]);
+        rest = &inner[end + close.len()..];
+    }
+}
+
 /// Names an io error by kind; TLS failures arrive as io errors wrapping a `rustls::Error`.
 fn classify_io(e: &io::Error, stage: Stage) -> ProbeError {
     if let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        return ProbeError::Tls(tls.to_string());
+        return ProbeError::Tls(plain_names(&tls.to_string()));
     }
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ProbeError::Refused,

@@ -191,6 +191,38 @@ async fn data_followed_at_once_by_fin_passes_both_ways() {
     assert_eq!((to_backend, to_client), (64, 64));
 }
 
+/// A client that closes with the backend's last bytes unread sends a reset, not a FIN (curl
+/// after a TLS close_notify exchange, when the backend's reply beats its close; here forced
+/// with SO_LINGER 0): once the backend has finished, that is a close by the client.
+#[tokio::test]
+async fn a_client_reset_after_the_backend_finished_is_a_close() {
+    let (mut client, mut backend, pumping) = pumped().await;
+    client.write_all(b"bye").await.expect("client write");
+    assert_eq!(read_exactly(&mut backend, 3).await, b"bye".to_vec());
+    backend.write_all(b"bye too").await.expect("backend write");
+    backend.shutdown().await.expect("backend shutdown");
+    assert_eq!(read_exactly(&mut client, 7).await, b"bye too".to_vec());
+    expect_eof(&mut client).await;
+    // The client then closes with a reset (as it does when bytes are left unread).
+    SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(client);
+    let (end, _, to_client) = finished(pumping).await;
+    assert_eq!(end, End::ClientClosed);
+    assert_eq!(to_client, 7);
+    expect_reset_or_eof(&mut backend).await;
+}
+
+/// The backend sees the end of the connection (a reset passed on, or a FIN).
+async fn expect_reset_or_eof(from: &mut TcpStream) {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(LIMIT, from.read(&mut byte))
+        .await
+        .expect("the end arrives in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
 /// The first EOF shuts the other socket's write side (half-close); the second leaves it to
 /// close(2), which follows at once.
 #[tokio::test]
@@ -207,4 +239,53 @@ async fn only_the_first_eof_shuts_the_other_side_down() {
         .expect("writable in time")
         .expect("writable");
     assert_eq!(second.try_write(b"x").expect("still open for writing"), 1);
+}
+
+/// The lost wake-up behind a 20 s stall of `slow_start` under CPU contention: bytes that arrive
+/// after a short read, but before the copy path marks the socket drained, must keep it
+/// readable. The arrival is landed in exactly that window: the sockets' events are recorded by
+/// the runtime's worker thread while this thread is inside `read_once` (as when a worker is
+/// preempted there), and a witness byte sent after it shows when the driver has recorded it.
+#[test]
+fn bytes_arriving_right_after_a_short_read_still_wake_the_reader() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (peer, from) = rt.block_on(pair(|_| {}));
+    let (witness_peer, witness) = rt.block_on(pair(|_| {}));
+    assert_eq!(peer.try_write(b"a").expect("first byte"), 1);
+    rt.block_on(async { tokio::time::timeout(LIMIT, read_ready(&from)).await })
+        .expect("the first byte is reported")
+        .expect("readiness");
+
+    let mut buf = [0u8; 64];
+    let n = read_once(&from, &mut buf, || {
+        assert_eq!(peer.try_write(b"b").expect("second byte"), 1);
+        // Queued at `from` (so its epoll event is raised) before the witness byte is sent.
+        let queued = std::time::Instant::now();
+        while SockRef::from(&from)
+            .peek(&mut [std::mem::MaybeUninit::new(0u8)])
+            .is_err()
+        {
+            assert!(queued.elapsed() < LIMIT, "the second byte never arrived");
+            std::thread::yield_now();
+        }
+        assert_eq!(witness_peer.try_write(b"w").expect("witness byte"), 1);
+        // The driver handles epoll's events in the order they were raised.
+        rt.block_on(async { tokio::time::timeout(LIMIT, read_ready(&witness)).await })
+            .expect("the witness byte is reported")
+            .expect("readiness");
+    })
+    .expect("read");
+    assert_eq!(&buf[..n], b"a");
+
+    // The second byte is queued: the socket must be reported readable (at once; the bound only
+    // turns a lost wake-up into a failure instead of a hang).
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), read_ready(&from)).await })
+        .expect("bytes are queued but the socket is not reported readable: a lost wake-up")
+        .expect("readiness");
+    let n = read_once(&from, &mut buf, || {}).expect("read the second byte");
+    assert_eq!(&buf[..n], b"b");
 }

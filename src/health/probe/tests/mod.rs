@@ -423,3 +423,17 @@ fn default_host_header_is_the_address() {
     assert_eq!(address_host(v4).unwrap(), "10.0.0.11:443");
     assert_eq!(address_host(v6).unwrap(), "[2001:db8::1]:8443");
 }
+
+#[test]
+fn certificate_names_are_shown_plainly() {
+    assert_eq!(
+        plain_names(
+            "invalid peer certificate: certificate not valid for name \"quay\"; certificate is \
+             only valid for DnsName(\"node-1\") or IpAddress(127.0.0.2)"
+        ),
+        "invalid peer certificate: certificate not valid for name \"quay\"; certificate is \
+         only valid for node-1 or 127.0.0.2"
+    );
+    assert_eq!(plain_names("unknown issuer"), "unknown issuer");
+    assert_eq!(plain_names("cut DnsName(\"x"), "cut DnsName(\"x");
+}
