@@ -11,7 +11,7 @@
 //! DESIGN.md §5 "Access log line".
 
 use std::fmt::Write as _;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -77,11 +77,11 @@ struct Shared {
 /// Counters and the end-of-writer signal, shared by the handles and the writer thread.
 #[derive(Default)]
 struct Counters {
-    /// Lines the queue refused (full, or the log stopped).
+    /// Lines lost: the queue refused them (full, or the log stopped) or their write failed.
     dropped: AtomicU64,
-    /// Lines the writer accepted into its buffer.
+    /// Lines written to the sink.
     written: AtomicU64,
-    /// Failed writes or flushes to the sink.
+    /// Failed writes to the sink.
     write_errors: AtomicU64,
     /// Set by the writer thread as it exits, however it exits.
     finished: Mutex<bool>,
@@ -162,24 +162,23 @@ impl AccessLog {
         }
     }
 
-    /// Lines dropped because the queue was full or the log stopped
-    /// (`splicer_access_log_dropped_total`).
+    /// Lines lost because the queue was full, the log stopped, or their write to the sink
+    /// failed (`splicer_access_log_dropped_total`).
     pub fn dropped(&self) -> u64 {
         self.shared
             .as_ref()
             .map_or(0, |s| s.counters.dropped.load(Ordering::Relaxed))
     }
 
-    /// Lines the writer accepted into its buffer (a flush that fails later loses them and
-    /// counts in [`AccessLog::write_errors`]).
+    /// Lines written to the sink.
     pub fn written(&self) -> u64 {
         self.shared
             .as_ref()
             .map_or(0, |s| s.counters.written.load(Ordering::Relaxed))
     }
 
-    /// Failed writes or flushes to the sink: a line whose write failed is lost; what a failed
-    /// flush left buffered is retried by the next one.
+    /// Failed writes to the sink (each loses its batch of lines, counted in
+    /// [`AccessLog::dropped`]).
     pub fn write_errors(&self) -> u64 {
         self.shared
             .as_ref()
@@ -233,25 +232,29 @@ impl Drop for FinishedOnDrop<'_> {
     }
 }
 
-/// The writer thread's loop: drain the queue, flush whenever it is momentarily empty, end
-/// when the channel is disconnected and empty. Write errors are counted, never fatal.
+/// Bytes gathered before they are written to the sink in one call: few syscalls at high rates.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The writer thread's loop: drain the queue into a batch, write the batch whenever the queue
+/// is momentarily empty or the batch is full, end when the channel is disconnected and empty.
+/// A batch whose write fails is lost whole, and its lines count as dropped (a closed stdout or
+/// a full disk must show in `splicer_access_log_dropped_total`, not vanish); the first failure
+/// and the recovery are logged. Never fatal.
 fn write_lines(
     format: LogFormat,
     queue: Receiver<Queued>,
-    sink: Box<dyn Write + Send>,
+    mut sink: Box<dyn Write + Send>,
     counters: &Counters,
 ) {
-    let mut out = BufWriter::new(sink);
+    let mut batch = Batch::default();
     let mut line = String::with_capacity(512);
     loop {
         let queued = match queue.try_recv() {
             Ok(q) => q,
             Err(TryRecvError::Empty) => {
-                // Nothing waiting: push out what is buffered before sleeping, so lines reach
+                // Nothing waiting: push out what is gathered before sleeping, so lines reach
                 // the sink promptly at low rates and in batches at high ones.
-                if out.flush().is_err() {
-                    counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                batch.write_to(&mut sink, counters);
                 match queue.recv() {
                     Ok(q) => q,
                     Err(_) => break,
@@ -265,15 +268,54 @@ fn write_lines(
             LogFormat::Json => push_json(&mut line, &queued.record, queued.at),
         }
         line.push('\n');
-        // A line is far shorter than the buffer, so BufWriter either takes all of it or (when
-        // it cannot flush earlier lines) none of it: the sink never sees half a line.
-        match out.write_all(line.as_bytes()) {
-            Ok(()) => counters.written.fetch_add(1, Ordering::Relaxed),
-            Err(_) => counters.write_errors.fetch_add(1, Ordering::Relaxed),
-        };
+        batch.bytes.extend_from_slice(line.as_bytes());
+        batch.lines += 1;
+        if batch.bytes.len() >= BATCH_BYTES {
+            batch.write_to(&mut sink, counters);
+        }
     }
-    if out.flush().is_err() {
-        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+    batch.write_to(&mut sink, counters);
+}
+
+/// Lines gathered for one write, and whether the sink is failing now.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: u64,
+    /// Lines lost since the sink started failing (reported when it recovers).
+    lost_since_failing: Option<u64>,
+}
+
+impl Batch {
+    fn write_to(&mut self, sink: &mut dyn Write, counters: &Counters) {
+        if self.lines == 0 {
+            return;
+        }
+        let result = sink.write_all(&self.bytes).and_then(|()| sink.flush());
+        match result {
+            Ok(()) => {
+                counters.written.fetch_add(self.lines, Ordering::Relaxed);
+                if let Some(lost) = self.lost_since_failing.take() {
+                    tracing::warn!(
+                        lost,
+                        "access log: stdout is writable again; lines were lost meanwhile"
+                    );
+                }
+            }
+            Err(e) => {
+                counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                counters.dropped.fetch_add(self.lines, Ordering::Relaxed);
+                match &mut self.lost_since_failing {
+                    Some(lost) => *lost += self.lines,
+                    None => {
+                        tracing::error!(error = %e, "access log: cannot write to stdout; its lines are dropped and counted in splicer_access_log_dropped_total until it recovers");
+                        self.lost_since_failing = Some(self.lines);
+                    }
+                }
+            }
+        }
+        self.bytes.clear();
+        self.lines = 0;
     }
 }
 
