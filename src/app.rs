@@ -370,7 +370,14 @@ impl AppState {
             return;
         };
         let read_path = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || state_file::load(&read_path)).await;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let stale = state_file::remove_stale_temps(&read_path);
+            if stale > 0 {
+                tracing::info!(path = %read_path.display(), stale, "removed temp files of state-file writes cut short");
+            }
+            state_file::load(&read_path)
+        })
+        .await;
         let state = match loaded {
             Ok(Ok(state)) => state,
             Ok(Err(e)) => {

@@ -201,6 +201,38 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateFileError> {
     result.map_err(write_err)
 }
 
+/// Removes temp files that a process killed mid-write left beside `path` (`.NAME.tmp.PID` of
+/// a PID that no longer runs); the state file itself is never touched. Returns how many.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return 0;
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +277,11 @@ mod tests {
         std::fs::write(&path, "{\"version\":99}").expect("write");
         let e = load(&path).expect_err("future version");
         assert!(e.to_string().contains("version 99"), "{e}");
+        // A temp file of a process that no longer runs is removed; the state file stays.
+        let stale = dir.path().join(format!(".state.json.tmp.{}", u32::MAX - 1));
+        std::fs::write(&stale, "{").expect("stale temp");
+        assert_eq!(remove_stale_temps(&path), 1);
+        assert!(!stale.exists() && path.exists());
         let e = load(dir.path()).expect_err("a directory");
         assert!(
             e.to_string().contains(&dir.path().display().to_string()),
