@@ -506,7 +506,7 @@ fn parser_rejects_what_openmetrics_forbids() {
 }
 
 /// Every family of the contract: (name, type, label names of its samples).
-const FAMILIES: [(&str, &str, &[&str]); 17] = [
+const FAMILIES: [(&str, &str, &[&str]); 21] = [
     ("splicer_backend_up", "gauge", &["pool", "backend"]),
     (
         "splicer_backend_state",
@@ -560,6 +560,20 @@ const FAMILIES: [(&str, &str, &[&str]); 17] = [
     ("splicer_config_reloads", "counter", &["result"]),
     ("splicer_discovery_failures", "counter", &["pool"]),
     ("splicer_access_log_dropped", "counter", &[]),
+    // DESIGN §9 and §10.
+    (
+        "splicer_listener_refused",
+        "counter",
+        &["listener", "reason"],
+    ),
+    ("splicer_state_file_errors", "counter", &[]),
+    ("splicer_upgrades", "counter", &["result"]),
+    // An extension: how full each listener's per-client table is.
+    (
+        "splicer_listener_client_table_entries",
+        "gauge",
+        &["listener"],
+    ),
 ];
 
 /// Bytes the echo backend adds after the client half-closes, so the two directions differ.

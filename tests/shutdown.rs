@@ -193,7 +193,7 @@ async fn admin_request(admin: SocketAddr, method: &str, path: &str) -> Option<(u
     let exchange = async {
         let mut s = TcpStream::connect(admin).await.ok()?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         );
         s.write_all(request.as_bytes()).await.ok()?;
         let mut buf = Vec::new();

@@ -120,8 +120,13 @@ async fn answer(
         .headers()
         .get(HOST)
         .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
-    if let Err(why) = guard::host_allowed(host.as_deref(), at) {
-        return error(StatusCode::MISDIRECTED_REQUEST, &why);
+    // Liveness and readiness answer whatever Host a prober sends (cloud balancers and
+    // orchestrators name targets their own way); they reveal nothing a rebinding page could use.
+    let is_probe = req.method() == Method::GET && matches!(req.uri().path(), "/health" | "/ready");
+    if !is_probe {
+        if let Err(why) = guard::host_allowed(host.as_deref(), at) {
+            return error(StatusCode::MISDIRECTED_REQUEST, &why);
+        }
     }
     let declared = req
         .headers()
