@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use splicer::app;
 use splicer::config::{self, Config, LogFormat};
 use splicer::lifecycle::{Executable, Inherited, Notifier, ReadyPipe};
-use splicer::rig::{Rig, RigOptions};
+use splicer::rig::{CaOptions, Rig, RigOptions};
 use splicer::status_cmd::{self, StatusCmdError};
 
 /// mimalloc instead of glibc's allocator: every connection allocates a tokio task and two socket
@@ -96,6 +96,8 @@ enum Command {
         /// Number of simulated nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        #[command(flatten)]
+        ca: CaArgs,
     },
     /// Simulated cluster nodes and their control API, without a balancer.
     Rig {
@@ -111,7 +113,35 @@ enum Command {
         /// Address of the control API.
         #[arg(long, default_value = "127.0.0.1:9101")]
         control: SocketAddr,
+        #[command(flatten)]
+        ca: CaArgs,
     },
+}
+
+/// `--ca-name` and `--ca-out`, shared by `rig` and `demo`.
+#[derive(clap::Args)]
+struct CaArgs {
+    /// Sign every node's certificate with a CA made at start, for this DNS name (as well as
+    /// node-i and the node's IP); without it each node's certificate is self-signed.
+    #[arg(long, value_name = "NAME")]
+    ca_name: Option<String>,
+    /// Where to write that CA's certificate (PEM), for `curl --cacert` or a `ca_file`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "./splicer-rig-ca.pem",
+        requires = "ca_name"
+    )]
+    ca_out: PathBuf,
+}
+
+impl CaArgs {
+    fn options(self) -> Option<CaOptions> {
+        self.ca_name.map(|name| CaOptions {
+            name,
+            out: self.ca_out,
+        })
+    }
 }
 
 fn config_path(flag: Option<PathBuf>) -> PathBuf {
@@ -195,15 +225,16 @@ fn main() -> ExitCode {
                 runtime(workers).and_then(|rt| rt.block_on(run(config, &mut inherited, lifecycle))),
             )
         }
-        Command::Demo { nodes } => {
+        Command::Demo { nodes, ca } => {
             init_logging(format_override.unwrap_or_default());
-            exit_from(runtime(0).and_then(|rt| rt.block_on(demo(nodes))))
+            exit_from(runtime(0).and_then(|rt| rt.block_on(demo(nodes, ca.options()))))
         }
         Command::Rig {
             nodes,
             first_ip,
             port,
             control,
+            ca,
         } => {
             init_logging(format_override.unwrap_or_default());
             let opts = RigOptions {
@@ -211,6 +242,7 @@ fn main() -> ExitCode {
                 first_ip,
                 port,
                 control,
+                ca: ca.options(),
             };
             exit_from(runtime(0).and_then(|rt| rt.block_on(rig(opts))))
         }
@@ -518,8 +550,16 @@ fn e_is_usage(status: u16) -> bool {
 }
 
 async fn rig(opts: RigOptions) -> anyhow::Result<()> {
+    let ca = opts.ca.clone();
     let rig = Rig::start(opts).await.context("cannot start the rig")?;
     let mut text = String::new();
+    if let Some(ca) = &ca {
+        text.push_str(&format!(
+            "CA certificate {} (every node's certificate names {})\n",
+            ca.out.display(),
+            ca.name
+        ));
+    }
     for (i, addr) in rig.node_addrs().iter().enumerate() {
         text.push_str(&format!("node-{} https://{addr}/\n", i + 1));
     }
@@ -534,8 +574,15 @@ async fn rig(opts: RigOptions) -> anyhow::Result<()> {
 }
 
 /// The demo's balancer: what `config/rig.toml` says, built in code so `demo` needs no file.
-fn demo_config(nodes: &[SocketAddr]) -> anyhow::Result<Config> {
+/// With the rig's CA (`ca`: the service name and the CA file's absolute path), the checks
+/// verify the nodes' certificates for that name, as docs/quay-ha.md sets them up.
+fn demo_config(nodes: &[SocketAddr], ca: Option<(&str, &Path)>) -> anyhow::Result<Config> {
     let backends: Vec<String> = nodes.iter().map(|a| format!("\"{a}\"")).collect();
+    let verify = match ca {
+        // Debug formatting quotes and escapes both, which TOML basic strings accept.
+        Some((name, file)) => format!("host = {name:?}\ntls_verify = true\nca_file = {file:?}\n"),
+        None => String::new(),
+    };
     let text = format!(
         r#"
 [admin]
@@ -562,12 +609,13 @@ timeout = "500ms"
 rise = 2
 fall = 2
 shared_dependencies = ["database", "auth"]
-
+{}
 [pool.cluster_health]
 path = "/health/endtoend"
 interval = "2s"
 "#,
-        backends.join(", ")
+        backends.join(", "),
+        verify
     );
     config::parse(std::path::Path::new("<demo>"), &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -595,14 +643,23 @@ fn self_command() -> String {
     relative.unwrap_or_else(|| exe.display().to_string())
 }
 
-async fn demo(nodes: usize) -> anyhow::Result<()> {
+async fn demo(nodes: usize, ca: Option<CaOptions>) -> anyhow::Result<()> {
     let rig = Rig::start(RigOptions {
         nodes,
+        ca: ca.clone(),
         ..RigOptions::default()
     })
     .await
     .context("cannot start the simulated nodes")?;
-    let config = demo_config(&rig.node_addrs())?;
+    let ca_file = match &ca {
+        Some(ca) => Some(
+            std::path::absolute(&ca.out)
+                .with_context(|| format!("cannot make {} an absolute path", ca.out.display()))?,
+        ),
+        None => None,
+    };
+    let verified = ca.as_ref().map(|c| c.name.as_str()).zip(ca_file.as_deref());
+    let config = demo_config(&rig.node_addrs(), verified)?;
     let bound = app::Bound::bind(&config)?;
     let running = app::start(config, bound).await?;
     let lb = running
@@ -615,18 +672,35 @@ async fn demo(nodes: usize) -> anyhow::Result<()> {
     let splicer = self_command();
     let mut text =
         format!("\nsplicer demo: {nodes} simulated nodes behind splicer on https://{lb}/\n");
+    let certificate = match verified {
+        Some((name, file)) => format!(
+            "a certificate for {name} signed by the rig's CA, {}",
+            file.display()
+        ),
+        None => "its own self-signed certificate".to_string(),
+    };
     for (i, addr) in rig.node_addrs().iter().enumerate() {
         text.push_str(&format!(
-            "  node-{}  {addr}  (its own self-signed certificate; TLS ends at the node)\n",
+            "  node-{}  {addr}  ({certificate}; TLS ends at the node)\n",
             i + 1
         ));
     }
+    let verified_curl = match verified {
+        Some((name, file)) => format!(
+            "  # the same, verified as a client of {name} would (splicer's checks verify it too)\n  \
+             curl --cacert {} --resolve {name}:{port}:{ip} https://{name}:{port}/\n",
+            file.display(),
+            port = lb.port(),
+            ip = lb.ip()
+        ),
+        None => String::new(),
+    };
     text.push_str(&format!(
         r#"
 Try, in another terminal:
   # which node answered (the balancer rotates; -k because the nodes' certificates are self-signed)
   for i in 1 2 3 4 5 6; do curl -sk https://{lb}/; done
-  # the certificate is the node's own: splicer does not terminate TLS
+{verified_curl}  # the certificate is the node's own: splicer does not terminate TLS
   openssl s_client -connect {lb} </dev/null 2>/dev/null | grep subject=
   # backend states as splicer sees them
   curl -s http://{admin}/status

@@ -1038,6 +1038,8 @@ fn the_quay_guide_examples_are_valid() {
             &[
                 ("admin.token", "0123456789abcdef"),
                 ("quay-ca.pem", &ca_pem()),
+                // Section 15's rehearsal, written by `splicer rig --ca-out ca.pem`.
+                ("ca.pem", &ca_pem()),
             ],
         )
         .unwrap_or_else(|e| panic!("docs/quay-ha.md, toml block {}:\n{e}", n + 1));

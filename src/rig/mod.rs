@@ -1,7 +1,8 @@
 //! The rig: simulated Quay cluster nodes and the control API that breaks them on purpose.
 //!
 //! Used by `splicer rig`, `splicer demo` and the integration tests (DESIGN.md §6 is the
-//! contract). Each node is an HTTPS server with its own certificate (`cert.rs`) answering
+//! contract). Each node is an HTTPS server with its own certificate (`cert.rs`; self-signed,
+//! or signed by one CA of the rig's when [`RigOptions::ca`] asks for a service name) answering
 //! Quay-style health (`body.rs`) and a few data routes (`routes.rs`); its listener,
 //! connections and state live in `node.rs`, sockets and the accept loop in `listen.rs`. The
 //! control API (`control.rs`) is the only writer of node state; nodes read it per request, so
@@ -17,6 +18,7 @@ mod routes;
 mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +46,19 @@ pub struct RigOptions {
     pub port: u16,
     /// The control API's address; port 0 picks an ephemeral one.
     pub control: SocketAddr,
+    /// A CA that signs every node's certificate for one service name; `None` (the default)
+    /// gives each node a self-signed certificate for `node-i` alone.
+    pub ca: Option<CaOptions>,
+}
+
+/// One service name served by every node under a certificate the rig's own CA signs, so a
+/// client can verify the nodes as it verifies real machines (`curl --cacert`, `ca_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaOptions {
+    /// The DNS name on every node's certificate, next to `node-i` and the node's IP.
+    pub name: String,
+    /// Where the CA certificate is written as PEM once the rig is up (overwritten if present).
+    pub out: PathBuf,
 }
 
 impl Default for RigOptions {
@@ -55,6 +70,7 @@ impl Default for RigOptions {
             first_ip: Ipv4Addr::new(127, 0, 0, 2),
             port: 8443,
             control: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            ca: None,
         }
     }
 }
@@ -79,6 +95,24 @@ pub enum RigError {
         /// What went wrong.
         #[source]
         source: CertError,
+    },
+    /// The rig's CA could not be made (or `name` is not a valid DNS name).
+    #[error("making the rig's CA for {name:?}")]
+    Ca {
+        /// The service name asked for.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: CertError,
+    },
+    /// The CA certificate could not be written.
+    #[error("writing the CA certificate to {}", path.display())]
+    CaFile {
+        /// The `out` path asked for.
+        path: PathBuf,
+        /// The operating system's refusal.
+        #[source]
+        source: std::io::Error,
     },
     /// `nodes` was 0: a cluster needs at least one machine.
     #[error("the rig needs at least one node")]
@@ -106,6 +140,8 @@ pub struct Rig {
     control_addr: SocketAddr,
     control_stop: CancellationToken,
     control_task: JoinHandle<()>,
+    /// PEM of the CA that signed the nodes' certificates, when the rig has one.
+    ca_pem: Option<String>,
     /// Cancels every listener of the rig when the rig goes away, even on a panic in a test.
     _stop_all: DropGuard,
 }
@@ -120,11 +156,19 @@ impl std::fmt::Debug for Rig {
 }
 
 impl Rig {
-    /// Binds every node and the control API; returns once all are accepting.
+    /// Binds every node and the control API, and writes the CA certificate when there is a
+    /// CA; returns once all are accepting.
     pub async fn start(opts: RigOptions) -> Result<Rig, RigError> {
         if opts.nodes == 0 {
             return Err(RigError::NoNodes);
         }
+        let ca = match &opts.ca {
+            Some(ca) => Some(cert::RigCa::new(&ca.name).map_err(|source| RigError::Ca {
+                name: ca.name.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let stop_all = CancellationToken::new();
         // Armed before the first bind so an error part-way releases the nodes already up.
         let guard = stop_all.clone().drop_guard();
@@ -137,9 +181,11 @@ impl Rig {
             })?;
             let name = format!("node-{index}");
             let identity =
-                cert::node_identity(&name, IpAddr::V4(ip)).map_err(|source| RigError::Cert {
-                    node: index,
-                    source,
+                cert::node_identity(&name, IpAddr::V4(ip), ca.as_ref()).map_err(|source| {
+                    RigError::Cert {
+                        node: index,
+                        source,
+                    }
                 })?;
             let addr = SocketAddr::new(IpAddr::V4(ip), opts.port);
             let node = Node::start_first(index, addr, identity, shared.clone(), &stop_all)
@@ -162,11 +208,23 @@ impl Rig {
             move |stream| control::serve_connection(stream, served.clone()),
         ));
 
+        // Written last, so a rig that failed to start leaves no CA behind that matches nothing.
+        let ca_pem = ca.as_ref().map(cert::RigCa::cert_pem);
+        if let (Some(pem), Some(ca)) = (&ca_pem, &opts.ca) {
+            tokio::fs::write(&ca.out, pem)
+                .await
+                .map_err(|source| RigError::CaFile {
+                    path: ca.out.clone(),
+                    source,
+                })?;
+        }
+
         Ok(Rig {
             cluster,
             control_addr,
             control_stop,
             control_task,
+            ca_pem,
             _stop_all: guard,
         })
     }
@@ -189,6 +247,12 @@ impl Rig {
     /// DER of node i's certificate (1-based), ready for a `RootCertStore` or a byte compare.
     pub fn node_cert_der(&self, i: usize) -> Option<CertificateDer<'static>> {
         self.node(i).map(|n| n.cert_der.clone())
+    }
+
+    /// PEM of the CA that signed every node's certificate (the contents of
+    /// [`CaOptions::out`]), or `None` for a rig of self-signed nodes.
+    pub fn ca_cert_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Stops every node and the control API and waits for their tasks (bounded).

@@ -61,6 +61,7 @@ pub async fn rig(n: usize) -> Rig {
         first_ip: std::net::Ipv4Addr::new(127, 0, 0, 2),
         port: 0,
         control: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..RigOptions::default()
     })
     .await
     .expect("rig starts")

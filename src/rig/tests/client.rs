@@ -41,6 +41,7 @@ pub(super) async fn start_rig(nodes: usize) -> Rig {
         first_ip: Ipv4Addr::new(127, 0, 0, 2),
         port: 0,
         control: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..RigOptions::default()
     };
     within("rig start", Rig::start(opts)).await.unwrap()
 }

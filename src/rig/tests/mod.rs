@@ -376,6 +376,7 @@ async fn start_reports_bad_options_and_shutdown_closes_everything() {
         first_ip: Ipv4Addr::new(127, 0, 0, 2),
         port: 0,
         control,
+        ..RigOptions::default()
     };
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     assert!(matches!(
@@ -416,4 +417,12 @@ fn defaults_match_the_contract() {
     assert_eq!(opts.first_ip, Ipv4Addr::new(127, 0, 0, 2));
     assert_eq!(opts.port, 8443);
     assert_eq!(opts.control, SocketAddr::from(([127, 0, 0, 1], 9101)));
+}
+
+#[tokio::test]
+async fn a_rig_without_a_ca_has_self_signed_nodes_and_no_ca() {
+    let rig = start_rig(1).await;
+    assert_eq!(rig.ca_cert_pem(), None);
+    assert_eq!(RigOptions::default().ca, None);
+    within("shutdown", rig.shutdown()).await;
 }
