@@ -311,16 +311,22 @@ fn stdout(text: &str) -> Option<ExitCode> {
     }
 }
 
-fn status(admin: &str) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The one-thread runtime of a command that talks to a running splicer's admin API; on failure
+/// the error is said and the exit code returned.
+fn client_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             say!("splicer: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+            ExitCode::from(EXIT_RUNTIME)
+        })
+}
+
+fn status(admin: &str) -> ExitCode {
+    let runtime = match client_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     match runtime.block_on(status_cmd::fetch(admin, status_cmd::DEFAULT_TIMEOUT)) {
         Ok(doc) => stdout(&status_cmd::render(&doc)).unwrap_or(ExitCode::SUCCESS),
@@ -452,15 +458,9 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// `splicer status --ready`: 0 when `/ready` answers 200, 1 for anything else.
 fn status_ready(admin: &str) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match client_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            say!("splicer: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     let answer = runtime.block_on(status_cmd::request(
         admin,
@@ -496,15 +496,9 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match client_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            say!("splicer: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     let answer = runtime.block_on(status_cmd::request(
         admin,

@@ -262,26 +262,13 @@ impl AdminUrl {
 /// Fetches `GET /status` from the admin API at `admin` (`http://host:port` or `host:port`),
 /// resolving, connecting and reading the whole answer within `timeout`.
 pub async fn fetch(admin: &str, timeout: Duration) -> Result<Value, StatusCmdError> {
-    let target = AdminUrl::parse(admin)?;
-    let url = target.url();
-    let deadline = Instant::now() + timeout;
-    let timed_out = |connected| StatusCmdError::Timeout {
-        url: url.clone(),
-        after: timeout,
-        connected,
-    };
-    let stream = tokio::time::timeout_at(deadline, connect(&target, &url))
-        .await
-        .map_err(|_| timed_out(false))??;
-    let exchange = exchange(stream, &target, &url, Method::GET, "/status", None);
-    let (status, body) = tokio::time::timeout_at(deadline, exchange)
-        .await
-        .map_err(|_| timed_out(true))??;
-    if !status.is_success() {
+    let url = AdminUrl::parse(admin)?.url();
+    let (status, body) = request(admin, Method::GET, "/status", None, timeout).await?;
+    if !(200..300).contains(&status) {
         let keep = &body[..body.len().min(ERROR_BODY_KEEP)];
         return Err(StatusCmdError::Http {
             url,
-            status: status.as_u16(),
+            status,
             body: String::from_utf8_lossy(keep).into_owned(),
         });
     }

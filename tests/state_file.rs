@@ -6,118 +6,20 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    backends_toml, collect_lines, free_addr, metric_value, metrics_text, status, try_http,
-    wait_until, which_node, WAIT,
+    backends_toml, free_addr, metric_value, metrics_text, status, try_http, wait_until, which_node,
+    WAIT,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 
-/// `splicer run -c path` as a child: killed on drop, stdout and stderr collected.
-struct Proc {
-    child: Child,
-    pid: i32,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(config: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_splicer"))
-            .arg("run")
-            .arg("-c")
-            .arg(config)
-            .env_remove("SPLICER_CONFIG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("splicer starts");
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).expect("pid");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stderr.take().expect("stderr"), log.clone());
-        collect_lines(child.stdout.take().expect("stdout"), log.clone());
-        Proc { child, pid, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        signal(self.pid, sig);
-    }
-
-    async fn exit(&mut self) -> ExitStatus {
-        let waited = tokio::time::timeout(WAIT, self.child.wait()).await;
-        let log = self.log();
-        waited
-            .unwrap_or_else(|_| panic!("no exit within {WAIT:?}\n{log}"))
-            .expect("wait")
-    }
-
-    /// SIGTERM; the exit must be 0.
-    async fn stop_cleanly(&mut self) {
-        self.signal(libc::SIGTERM);
-        let code = self.exit().await.code();
-        assert_eq!(code, Some(0), "pid {}\n{}", self.pid, self.log());
-    }
-
-    /// Polls the admin API until `path` answers 200 with a body `ok` accepts (bounded),
-    /// failing fast if the process exits.
-    async fn until(&mut self, admin: SocketAddr, path: &str, ok: impl Fn(&str) -> bool) {
-        let started = Instant::now();
-        loop {
-            if let Some((200, body)) = try_http(admin, "GET", path).await {
-                if ok(&body) {
-                    return;
-                }
-            }
-            let (exited, log) = (self.child.try_wait().expect("poll"), self.log());
-            assert!(
-                exited.is_none() && started.elapsed() < WAIT,
-                "no {path}: {exited:?}\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Until `/ready` answers 200.
-    async fn until_ready(&mut self, admin: SocketAddr) {
-        self.until(admin, "/ready", |_| true).await;
-    }
-
-    /// Until `/status` lists the listener (`/ready` stays 503 when every backend is drained).
-    async fn until_listening(&mut self, admin: SocketAddr) {
-        self.until(admin, "/status", |b| b.contains("\"listeners\":[{"))
-            .await;
-    }
-}
-
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-/// Whether `pid` runs (a zombie counts as gone: an upgrade's successor is not our child).
-fn is_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
+use common::process::{is_alive, signal, Proc};
 
 /// A config with a state file, in a temp dir of its own.
 struct Setup {
@@ -166,7 +68,7 @@ timeout = "500ms"
     }
 
     async fn start(&self) -> Proc {
-        let mut p = Proc::spawn(&self.config);
+        let mut p = Proc::run(&self.config);
         p.until_ready(self.admin).await;
         p
     }
@@ -277,7 +179,7 @@ async fn an_action_during_start_up_keeps_the_restored_decisions() {
     }
     let setup = Setup::new(&nodes);
     std::fs::write(&setup.state, doc(&[(nodes[0], "disabled")]).to_string()).expect("write");
-    let mut p = Proc::spawn(&setup.config);
+    let mut p = Proc::run(&setup.config);
     wait_until(WAIT, "the admin API answers", || async {
         try_http(setup.admin, "GET", "/health").await.is_some()
     })
@@ -455,7 +357,7 @@ async fn kill_9_never_leaves_a_partial_state_file() {
             &[false]
         };
         for &during_start in kills {
-            let mut p = Proc::spawn(&setup.config);
+            let mut p = Proc::run(&setup.config);
             if !during_start {
                 p.until_listening(setup.admin).await;
                 // The decisions of the killed process are in force before any new one.
@@ -507,7 +409,7 @@ async fn kill_9_never_leaves_a_partial_state_file() {
     );
     // The last kill's file starts a process too, with its decisions in force (every backend
     // may be drained: /ready may stay 503, so wait for the listener).
-    let mut p = Proc::spawn(&setup.config);
+    let mut p = Proc::run(&setup.config);
     p.until_listening(setup.admin).await;
     let s = status(setup.admin).await;
     let want: Vec<&str> = held.iter().map(|d| d.unwrap_or("up")).collect();

@@ -9,90 +9,17 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::load::{Load, Target};
 use common::{
-    backends_toml, collect_lines, control, free_addr, status, try_http, wait_until, which_node,
-    ConfigFile, WAIT,
+    backends_toml, control, free_addr, status, try_http, wait_until, which_node, ConfigFile, WAIT,
 };
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-/// `splicer run` (or anything else) as a child: killed on drop, stdout and stderr collected.
-struct Proc {
-    child: Child,
-    pid: i32,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("process starts");
-        let pid = child.id().and_then(|p| i32::try_from(p).ok()).expect("pid");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stderr.take().expect("stderr"), log.clone());
-        collect_lines(child.stdout.take().expect("stdout"), log.clone());
-        Proc { child, pid, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        signal(self.pid, sig);
-    }
-
-    /// SIGTERM; the exit must be 0.
-    async fn stop_cleanly(&mut self) {
-        self.signal(libc::SIGTERM);
-        let code = self.exit().await.code();
-        assert_eq!(code, Some(0), "pid {}\n{}", self.pid, self.log());
-    }
-
-    /// Waits (bounded) for the exit; panics with the log.
-    async fn exit(&mut self) -> ExitStatus {
-        let waited = tokio::time::timeout(WAIT, self.child.wait()).await;
-        let log = self.log();
-        waited
-            .unwrap_or_else(|_| panic!("no exit within {WAIT:?}\n{log}"))
-            .expect("wait")
-    }
-
-    /// Polls `/ready` on `admin` until 200 (bounded), failing fast if the process exits.
-    async fn until_ready(&mut self, admin: SocketAddr) {
-        let started = Instant::now();
-        while try_http(admin, "GET", "/ready").await.map(|r| r.0) != Some(200) {
-            let (exited, log) = (self.child.try_wait().expect("poll"), self.log());
-            assert!(
-                exited.is_none() && started.elapsed() < WAIT,
-                "not ready: {exited:?}\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
-}
-
-/// Whether `pid` runs (a zombie nobody reaped counts as gone: the successor of an upgrade is
-/// not our child).
-fn is_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
-}
+use common::process::{is_alive, signal, Proc};
 
 /// SIGKILLs a process we did not start ourselves (an upgrade's successor) when dropped.
 struct KillOnDrop(i32);

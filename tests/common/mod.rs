@@ -4,6 +4,7 @@
 
 pub mod installed;
 pub mod load;
+pub mod process;
 
 use std::future::Future;
 use std::net::SocketAddr;
