@@ -29,6 +29,10 @@ const CONFIG_PATH: &str = "/etc/splicer/splicer.toml";
 /// Where the unit and the cloud-init file install the binary.
 const BINARY_PATH: &str = "/usr/local/bin/splicer";
 
+#[path = "support/literal_block.rs"]
+mod support;
+use support::literal_block;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -621,48 +625,6 @@ fn systemd_unit_is_locked_down() {
 }
 
 // ---- YAML files -------------------------------------------------------------------------------
-
-/// The literal block scalar `key: |` found on the first line after the line containing
-/// `after`: its lines de-indented, with one final newline (YAML's default "clip").
-fn literal_block(yaml: &str, after: &str, key: &str) -> String {
-    let lines: Vec<&str> = yaml.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.contains(after))
-        .unwrap_or_else(|| panic!("no line with {after:?}"));
-    let header = format!("{key}: |");
-    let at = start
-        + lines[start..]
-            .iter()
-            .position(|l| l.trim() == header)
-            .unwrap_or_else(|| panic!("no {header:?} after {after:?}"));
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let key_indent = indent(lines[at]);
-    let body: Vec<&str> = lines[at + 1..]
-        .iter()
-        .take_while(|l| l.trim().is_empty() || indent(l) > key_indent)
-        .copied()
-        .collect();
-    let block_indent = body
-        .iter()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| indent(l))
-        .expect("an empty block");
-    let mut out: Vec<&str> = body
-        .iter()
-        .map(|l| {
-            if l.trim().is_empty() {
-                ""
-            } else {
-                &l[block_indent..]
-            }
-        })
-        .collect();
-    while out.last() == Some(&"") {
-        out.pop();
-    }
-    out.join("\n") + "\n"
-}
 
 /// When python3 with PyYAML is installed, the strings a real YAML parser reads at `selectors`
 /// (Python expressions over `docs`, the file's documents); `None` when it is not installed.

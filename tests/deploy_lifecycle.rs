@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[path = "support/literal_block.rs"]
+mod support;
+use support::literal_block;
+
 const BINARY_PATH: &str = "/usr/local/bin/splicer";
 const CLOUD_INIT: &str = "deploy/cloud-init/user-data.yaml";
 const CONFIGMAP: &str = "deploy/kubernetes/configmap.yaml";
@@ -122,48 +126,6 @@ fn lifecycle(toml_text: &str, what: &str) -> Lifecycle {
 
 fn config_file(rel: &str) -> Lifecycle {
     lifecycle(&read(rel), rel)
-}
-
-/// The literal block `key: |` on the first such line after the line containing `after`,
-/// de-indented (the same reading as tests/deploy_files.rs; PyYAML confirms it below).
-fn literal_block(yaml: &str, after: &str, key: &str) -> String {
-    let lines: Vec<&str> = yaml.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.contains(after))
-        .unwrap_or_else(|| panic!("no line with {after:?}"));
-    let header = format!("{key}: |");
-    let at = start
-        + lines[start..]
-            .iter()
-            .position(|l| l.trim() == header)
-            .unwrap_or_else(|| panic!("no {header:?} after {after:?}"));
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let key_indent = indent(lines[at]);
-    let body: Vec<&str> = lines[at + 1..]
-        .iter()
-        .take_while(|l| l.trim().is_empty() || indent(l) > key_indent)
-        .copied()
-        .collect();
-    let block_indent = body
-        .iter()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| indent(l))
-        .expect("an empty block");
-    let mut out: Vec<&str> = body
-        .iter()
-        .map(|l| {
-            if l.trim().is_empty() {
-                ""
-            } else {
-                &l[block_indent..]
-            }
-        })
-        .collect();
-    while out.last() == Some(&"") {
-        out.pop();
-    }
-    out.join("\n") + "\n"
 }
 
 fn cloud_init_file(path: &str) -> String {
