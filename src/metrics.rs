@@ -119,6 +119,12 @@ const LISTENER_REFUSED: Counters<2> = Counters {
     labels: ["listener", "reason"],
 };
 
+const LISTENER_LOCAL_ERRORS: Counters<1> = Counters {
+    name: "splicer_listener_local_errors",
+    help: "Client connections closed because this machine was out of file descriptors or memory when connecting to a backend (end=local_resources); no backend is blamed for them.",
+    labels: ["listener"],
+};
+
 const LISTENER_CLIENT_TABLE: Gauges<1> = Gauges {
     name: "splicer_listener_client_table_entries",
     help:
@@ -350,6 +356,12 @@ impl Collector for Scrape {
                     .iter()
                     .map(move |r| ([l.config.name.as_str(), r.as_str()], l.refused(*r)))
             }),
+        )?;
+        LISTENER_LOCAL_ERRORS.encode(
+            &mut enc,
+            self.listeners
+                .iter()
+                .map(|l| ([l.config.name.as_str()], l.local_errors())),
         )?;
         LISTENER_CLIENT_TABLE.encode(
             &mut enc,

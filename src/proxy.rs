@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::{ListenerConfig, PoolConfig, SendProxy};
 use crate::edge::{ClientGuard, ClientTable, Refusal};
-use crate::net::connect::{connect, ConnectFailure};
+use crate::net::connect::{connect, ConnectError, ConnectFailure};
 use crate::net::listener::Accepted;
 use crate::net::pump::{self, End, Traffic};
 use crate::net::{client_hello, proxy_protocol};
@@ -50,6 +50,8 @@ pub struct ListenerCounters {
     refused_denied: AtomicU64,
     refused_limit: AtomicU64,
     refused_rate: AtomicU64,
+    /// Connections closed because this machine was out of descriptors or memory.
+    local_errors: AtomicU64,
     /// Made on the first connection that needs it (most listeners set no per-client limit).
     clients: std::sync::OnceLock<Arc<ClientTable>>,
 }
@@ -117,6 +119,12 @@ impl ListenerCtx {
         .load(Ordering::Relaxed)
     }
 
+    /// Connections closed because this machine was out of descriptors or memory when
+    /// connecting to a backend (`end=local_resources`; no backend was blamed).
+    pub fn local_errors(&self) -> u64 {
+        self.counters.local_errors.load(Ordering::Relaxed)
+    }
+
     /// Clients in the per-client table now (0 when the listener sets no per-client limit).
     pub fn client_table_len(&self) -> usize {
         self.counters.clients.get().map_or(0, |t| t.len())
@@ -181,6 +189,8 @@ enum NoConnection {
     NoBackend,
     /// Every attempt failed.
     ConnectFailed(ConnectFailure),
+    /// This machine ran out of descriptors or memory: no backend was at fault.
+    Local(std::io::Error),
 }
 
 /// Tries the picked backend, then up to `retries` other ones, never the same one twice.
@@ -199,7 +209,9 @@ async fn connect_with_retries(
         tried.push(backend.address);
         match connect(backend.address, config.connect_timeout).await {
             Ok(stream) => return Ok((stream, backend.connected())),
-            Err(failure) => {
+            // Not the backend's fault, and every other backend would fail the same way.
+            Err(ConnectError::Local(e)) => return Err(NoConnection::Local(e)),
+            Err(ConnectError::Backend(failure)) => {
                 pool.report_connect_failure(&backend, failure);
                 tracing::debug!(pool = %pool.name, backend = %backend.address, client = %client,
                     reason = failure.as_str(), "backend connect failed");
@@ -426,6 +438,18 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
             log_end(&ctx, &log, &Traffic::default(), started, "no_backend");
             return;
         }
+        Err(NoConnection::Local(e)) => {
+            ctx.counters.local_errors.fetch_add(1, Ordering::Relaxed);
+            log_local_exhaustion(&ctx.config.name, &e);
+            log_end(
+                &ctx,
+                &log,
+                &Traffic::default(),
+                started,
+                LOCAL_RESOURCES_END,
+            );
+            return;
+        }
         Err(NoConnection::ConnectFailed(f)) => {
             tracing::debug!(listener = %ctx.config.name, client = %peer, reason = f.as_str(), "every connect attempt failed");
             log_end(&ctx, &log, &Traffic::default(), started, "connect_failed");
@@ -478,6 +502,22 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
     log_end(&ctx, &log, &traffic, started, end.as_str());
     // The client's place in its per-client count is held until here (every return drops it).
     drop(client_slot);
+}
+
+/// The access log's `end` for a connection closed because this machine ran out of descriptors
+/// or memory while connecting to a backend.
+pub const LOCAL_RESOURCES_END: &str = "local_resources";
+
+/// One warning a second at most while this machine is out of descriptors or memory: under
+/// exhaustion every connection fails the same way, and the log must not add to the load.
+fn log_local_exhaustion(listener: &str, e: &std::io::Error) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(listener, error = %e, "cannot open a backend connection: this machine is out of file descriptors or memory (no backend is blamed; raise LimitNOFILE / ulimit -n)");
+    }
 }
 
 /// Ends a connection the edge protection refused: logged with the reason as its `end`; a

@@ -506,7 +506,7 @@ fn parser_rejects_what_openmetrics_forbids() {
 }
 
 /// Every family of the contract: (name, type, label names of its samples).
-const FAMILIES: [(&str, &str, &[&str]); 21] = [
+const FAMILIES: [(&str, &str, &[&str]); 22] = [
     ("splicer_backend_up", "gauge", &["pool", "backend"]),
     (
         "splicer_backend_state",
@@ -568,7 +568,9 @@ const FAMILIES: [(&str, &str, &[&str]); 21] = [
     ),
     ("splicer_state_file_errors", "counter", &[]),
     ("splicer_upgrades", "counter", &["result"]),
-    // An extension: how full each listener's per-client table is.
+    // Extensions: connections lost to this machine's own exhaustion, and how full each
+    // listener's per-client table is.
+    ("splicer_listener_local_errors", "counter", &["listener"]),
     (
         "splicer_listener_client_table_entries",
         "gauge",

@@ -65,6 +65,14 @@ pub async fn run_checks(
             _ = stop.cancelled() => return,
             o = prober.probe(target) => o,
         };
+        if let Err(e @ probe::ProbeError::LocalResources(_)) = &outcome.result {
+            // The check could not even open a socket here: it did not run, and says nothing
+            // about the backend (counting it would eject healthy backends when this process
+            // runs out of descriptors). The next one is tried at the usual time.
+            tracing::warn!(backend = %backend, error = %e, "health check not run: this machine is out of file descriptors or memory");
+            first = false;
+            continue;
+        }
         let report = CheckReport {
             backend,
             outcome,

@@ -72,13 +72,29 @@ impl ConnectFailure {
     }
 }
 
+/// Why no connection to a backend was made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The backend (or the way to it) failed: counts toward `passive_fall` and the metrics.
+    Backend(ConnectFailure),
+    /// This machine is out of descriptors or memory: no backend is to blame, and another
+    /// backend would fare no better.
+    Local(io::Error),
+}
+
+impl From<ConnectFailure> for ConnectError {
+    fn from(f: ConnectFailure) -> Self {
+        ConnectError::Backend(f)
+    }
+}
+
 /// Connects to `addr` within `timeout`, with TCP_NODELAY set.
 ///
 /// The timer is armed only when the handshake has not completed by the reactor's next turn:
 /// arming one that is the runtime's earliest wakes the reactor thread (an eventfd write and an
 /// extra epoll round), a cost every connection would pay on a LAN or loopback where the
 /// handshake is already done when connect(2) returns. The deadline still counts from the call.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectFailure> {
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut connecting = pin!(TcpStream::connect(addr));
     let mut done = poll_now(&mut connecting).await;
@@ -91,11 +107,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         Some(r) => r,
         None => match tokio::time::timeout_at(deadline, connecting).await {
             Ok(r) => r,
-            Err(_) => return Err(ConnectFailure::Timeout),
+            Err(_) => return Err(ConnectFailure::Timeout.into()),
         },
     };
     match result {
-        Err(e) => Err(ConnectFailure::classify(&e)),
+        Err(e) if super::is_local_exhaustion(&e) => Err(ConnectError::Local(e)),
+        Err(e) => Err(ConnectFailure::classify(&e).into()),
         Ok(stream) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)
@@ -134,10 +151,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        assert_eq!(
+        assert!(matches!(
             connect(addr, LIMIT).await.err(),
-            Some(ConnectFailure::Refused)
-        );
+            Some(ConnectError::Backend(ConnectFailure::Refused))
+        ));
     }
 
     /// A backend whose accept queue is full drops SYNs: the connect must give up at the
@@ -170,7 +187,10 @@ mod tests {
             .await
             .expect("connect gives up by itself");
         let took = started.elapsed();
-        assert_eq!(result.err(), Some(ConnectFailure::Timeout));
+        assert!(matches!(
+            result.err(),
+            Some(ConnectError::Backend(ConnectFailure::Timeout))
+        ));
         assert!(took >= timeout, "gave up early: {took:?}");
     }
 }

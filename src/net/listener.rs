@@ -87,15 +87,6 @@ pub fn bind(
     Ok(socket.into())
 }
 
-/// Whether an accept error means the process or system is out of a resource (fds, memory),
-/// which calls for a pause rather than a busy retry.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
-}
-
 /// Pause after running out of descriptors: long enough for connections to close, short enough
 /// that clients queued in the backlog barely notice.
 const EXHAUSTION_BACKOFF: Duration = Duration::from_millis(100);
@@ -149,7 +140,7 @@ pub async fn accept_loop(
                     permit,
                 });
             }
-            Err(e) if is_resource_exhaustion(&e) => {
+            Err(e) if super::is_local_exhaustion(&e) => {
                 if !exhausted_logged {
                     tracing::error!(listener = name, error = %e, "accept failed: out of file descriptors or memory; backing off");
                     exhausted_logged = true;

@@ -138,6 +138,10 @@ pub enum ProbeError {
     /// Any other socket error.
     #[error("io: {0}")]
     Io(String),
+    /// This machine is out of descriptors or memory: the check could not run (not the
+    /// backend's failure).
+    #[error("not run: this machine is out of file descriptors or memory ({0})")]
+    LocalResources(String),
 }
 
 impl Prober {
@@ -383,6 +387,9 @@ fn plain_names(message: &str) -> String {
 
 /// Names an io error by kind; TLS failures arrive as io errors wrapping a `rustls::Error`.
 fn classify_io(e: &io::Error, stage: Stage) -> ProbeError {
+    if crate::net::is_local_exhaustion(e) {
+        return ProbeError::LocalResources(e.to_string());
+    }
     if let Some(tls) = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
