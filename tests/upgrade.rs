@@ -195,18 +195,20 @@ async fn a_failed_upgrade_leaves_the_old_process_serving_and_says_why() {
     // 3. A binary that never gets ready: stopped after upgrade_timeout; meanwhile a second
     // upgrade is refused.
     installed.install_script("#!/bin/sh\nexec sleep 60\n");
+    let started_before = splicer.log().matches("waiting for it to be ready").count();
     let first = tokio::spawn({
         let admin = splicer.admin;
         async move { try_http(admin, "POST", "/upgrade").await }
     });
-    let mut conflict = None;
-    let asked = Instant::now();
-    while conflict.is_none() && asked.elapsed() < Duration::from_millis(1500) {
-        if let Some((409, body)) = try_http(splicer.admin, "POST", "/upgrade").await {
-            conflict = Some(body);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Once the first upgrade has started its new process, a second one is refused.
+    wait_until(WAIT, "the first upgrade started", || async {
+        splicer.log().matches("waiting for it to be ready").count() > started_before
+    })
+    .await;
+    let conflict = match try_http(splicer.admin, "POST", "/upgrade").await {
+        Some((409, body)) => Some(body),
+        other => panic!("a second upgrade during the first: {other:?}"),
+    };
     let conflict = conflict.expect("a second upgrade during the first answers 409");
     assert!(conflict.contains("already in progress"), "{conflict}");
     let (code, body) = first.await.expect("task").expect("an answer");

@@ -59,12 +59,13 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = tokio_util::task::TaskTracker::new();
     let bind = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     loop {
         let accepted = tokio::select! {
-            _ = stop_accepting.cancelled() => return,
+            _ = stop_accepting.cancelled() => break,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -73,7 +74,7 @@ pub async fn serve(
                 tracing::debug!(error = %e, "admin accept failed");
                 // Out of fds: pause instead of spinning.
                 tokio::select! {
-                    _ = stop_accepting.cancelled() => return,
+                    _ = stop_accepting.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
             }
@@ -89,7 +90,7 @@ pub async fn serve(
         };
         let state = state.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _slot = slot;
             let service = service_fn(move |req| {
                 let state = state.clone();
@@ -100,14 +101,25 @@ pub async fn serve(
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
             tokio::select! {
-                _ = conn => {}
+                _ = conn.as_mut() => return,
                 _ = stop.cancelled() => {}
                 _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
             }
+            // The answer in flight still goes out (the `POST /upgrade` that made this process
+            // hand over and stop is answered by it), then the connection closes.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(FINISH_GRACE, conn).await;
         });
     }
+    // Held until the connections end, so whoever waits for this task waits for their answers.
+    connections.close();
+    connections.wait().await;
 }
+
+/// How long an admin connection may take to finish its answer once told to stop.
+const FINISH_GRACE: Duration = Duration::from_secs(1);
 
 /// The edge checks every request passes (Host, body size), then the route, run in a task of
 /// its own under [`RESPONSE_TIMEOUT`].
