@@ -142,10 +142,15 @@ fall = 2
         }
     }
     assert!(refused > 0, "the limit took no effect");
-    // No room at all: health checks cannot open a socket. Twenty check intervals of that,
-    // counted as failures, would take the backend down.
+    // No room at all: health checks cannot open a socket. Counted as failures, two of them
+    // would take the backend down.
     set_nofile(pid, limit(pid, lowest_free_fd(pid)));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not a fixed wait: until more checks went unrun than `fall` (2) would need to eject.
+    let skipped_before = log_text().matches("health check not run").count();
+    wait_until(WAIT, "five health checks not run", || async {
+        log_text().matches("health check not run").count() >= skipped_before + 5
+    })
+    .await;
     set_nofile(pid, old);
 
     let started = std::time::Instant::now();
