@@ -39,3 +39,4 @@ pub mod pool;
 pub mod proxy;
 pub mod rig;
 pub mod status_cmd;
+pub mod status_doc;

@@ -322,6 +322,8 @@ async fn status_document_has_the_exact_shape() {
                 "active_connections",
                 "total_connections",
                 "connect_failures",
+                "bytes_to_backend",
+                "bytes_to_client",
                 "last_check"
             ]),
             "{b}"

@@ -247,7 +247,7 @@ async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<F
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        ["status"] if is_read => json_response(StatusCode::OK, status::render(state).to_string()),
+        ["status"] if is_read => json_response(StatusCode::OK, status::render(state)),
         ["metrics"] if is_read => respond(
             StatusCode::OK,
             metrics::CONTENT_TYPE,
