@@ -2,6 +2,7 @@
 //! admin API, then apply the new config as a diff (everything that can fail first, so a failure
 //! leaves the running config as it was).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use super::{error_chain, route_pools, AppState, Control, ReloadReport};
 use crate::access_log::AccessLog;
 use crate::config::{self, diff, Config};
 use crate::net::listener;
-use crate::pool::{self, Pool};
+use crate::pool::{self, Pool, PreparedProber};
 use crate::proxy::{ListenerCounters, ListenerCtx};
 
 impl AppState {
@@ -31,7 +32,8 @@ impl AppState {
         let loaded = tokio::task::spawn_blocking(move || {
             config::load(&read_path).map(|new| {
                 let d = diff::diff(&old, &new);
-                (new, d)
+                let probers = prepare_probers(&old, &new);
+                (new, d, probers)
             })
         })
         .await;
@@ -46,9 +48,9 @@ impl AppState {
                 path.display()
             )]),
             Ok(Err(e)) => Err(e.lines()),
-            Ok(Ok((new, d))) => match admin_guard(running_admin(&control), &new) {
+            Ok(Ok((new, d, probers))) => match admin_guard(running_admin(&control), &new) {
                 Err(line) => Err(vec![line]),
-                Ok(()) => self.apply(&mut control, new, d).await,
+                Ok(()) => self.apply(&mut control, new, d, probers).await,
             },
         };
         match &result {
@@ -77,6 +79,7 @@ impl AppState {
         control: &mut Control,
         new: Config,
         d: diff::ConfigDiff,
+        mut probers: HashMap<String, PreparedProber>,
     ) -> Result<ReloadReport, Vec<String>> {
         for setting in &d.needs_restart {
             tracing::warn!(setting, "this setting changes only at the next start");
@@ -108,8 +111,12 @@ impl AppState {
         let mut started = Vec::new();
         for name in &d.pools_added {
             let Some(pc) = new.pool(name) else { continue };
-            match pool::start(
+            let prober = probers
+                .remove(name)
+                .unwrap_or_else(|| PreparedProber::build(pc));
+            match pool::start_prepared(
                 pc.clone(),
+                prober,
                 drain_timeout,
                 false,
                 &self.background,
@@ -142,7 +149,8 @@ impl AppState {
                 // A new drain_timeout alone changes no pool setting, but the supervisor uses
                 // it for the next drain, so it must hear of it too.
                 if d.pools_changed.contains(&pc.name) || drain_timeout_changed {
-                    p.reconfigure(pc.clone(), drain_timeout).await;
+                    let prober = probers.remove(&pc.name);
+                    p.reconfigure(pc.clone(), drain_timeout, prober).await;
                 }
                 pools.push(p.clone());
             }
@@ -292,6 +300,19 @@ fn running_admin(control: &Control) -> Option<SocketAddr> {
     control.admin.as_ref().and_then(|l| l.local_addr().ok())
 }
 
+/// Health-check clients for the pools whose check settings `new` adds or changes, built on
+/// the reload's blocking thread because building one reads `ca_file` and the system roots.
+fn prepare_probers(old: &Config, new: &Config) -> HashMap<String, PreparedProber> {
+    new.pools
+        .iter()
+        .filter(|pc| {
+            old.pool(&pc.name)
+                .is_none_or(|oc| oc.health != pc.health || oc.send_proxy != pc.send_proxy)
+        })
+        .map(|pc| (pc.name.clone(), PreparedProber::build(pc)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +351,28 @@ mod tests {
         assert!(admin_guard(Some(local), &stripped).is_ok());
         assert!(admin_guard(Some(local), &no_admin).is_ok());
         assert!(admin_guard(None, &stripped).is_ok());
+    }
+
+    fn pools(dir: &std::path::Path, pools: &str) -> Config {
+        let text =
+            format!("[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"a\"\n{pools}");
+        config::parse(&dir.join("splicer.toml"), &text).expect("valid test config")
+    }
+
+    #[test]
+    fn probers_are_built_ahead_for_new_pools_and_changed_checks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = |name: &str, check: &str| {
+            format!("[[pool]]\nname = \"{name}\"\nbackends = [\"127.0.0.1:1\"]\n[pool.health]\ncheck = \"{check}\"\n")
+        };
+        let old = pools(dir.path(), &(pool("a", "tcp") + &pool("b", "tcp")));
+        let new = pools(
+            dir.path(),
+            &(pool("a", "tcp") + &pool("b", "https") + &pool("c", "none")),
+        );
+        let mut built: Vec<String> = prepare_probers(&old, &new).into_keys().collect();
+        built.sort();
+        assert_eq!(built, ["b", "c"]);
+        assert!(prepare_probers(&new, &new).is_empty());
     }
 }

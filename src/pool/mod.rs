@@ -24,7 +24,7 @@ pub use backend::{
     Backend, BackendState, CheckDurations, CheckRecord, Lease, CHECK_DURATION_BUCKETS,
 };
 pub use live_set::LiveSet;
-pub use supervisor::{start, Started};
+pub use supervisor::{start, start_prepared, PreparedProber, Started};
 
 /// An operator's action on one backend (admin API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +102,7 @@ pub(crate) enum Command {
     Reconfigure {
         config: Box<PoolConfig>,
         drain_timeout: Duration,
+        prober: Option<PreparedProber>,
         reply: oneshot::Sender<Reconfigured>,
     },
     /// The pool was removed by a reload: drain everything, then stop.
@@ -218,11 +219,19 @@ impl Pool {
     }
 
     /// Applies a reload's settings (members, weights, checks); answers who joined and left.
-    pub async fn reconfigure(&self, config: PoolConfig, drain_timeout: Duration) -> Reconfigured {
+    /// `prober`: the health-check client for changed check settings, built off the runtime
+    /// (without it the supervisor builds one itself, reading files on its thread).
+    pub async fn reconfigure(
+        &self,
+        config: PoolConfig,
+        drain_timeout: Duration,
+        prober: Option<PreparedProber>,
+    ) -> Reconfigured {
         let (reply, answer) = oneshot::channel();
         let sent = self.commands.send(Command::Reconfigure {
             config: Box::new(config),
             drain_timeout,
+            prober,
             reply,
         });
         if sent.is_err() {

@@ -101,6 +101,28 @@ fn check_send_proxy(config: &PoolConfig) -> SendProxy {
     }
 }
 
+/// A pool's health-check client, built ahead of time. Building one reads `ca_file` and the
+/// system's root certificates: a reload does that on the blocking pool, not on a thread that
+/// serves connections (a `ca_file` on a hung mount must stall only the reload).
+pub struct PreparedProber(Result<Option<Arc<Prober>>, ProbeSetupError>);
+
+impl PreparedProber {
+    /// Builds what `config`'s checks need (nothing for `check = "none"`). Blocking file I/O.
+    pub fn build(config: &PoolConfig) -> PreparedProber {
+        PreparedProber(new_prober(config))
+    }
+}
+
+impl std::fmt::Debug for PreparedProber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(Some(_)) => f.write_str("PreparedProber(checks)"),
+            Ok(None) => f.write_str("PreparedProber(no checks)"),
+            Err(e) => write!(f, "PreparedProber({e})"),
+        }
+    }
+}
+
 fn new_prober(config: &PoolConfig) -> Result<Option<Arc<Prober>>, ProbeSetupError> {
     if config.health.check == CheckKind::None {
         return Ok(None);
@@ -148,7 +170,20 @@ pub fn start(
     tasks: &TaskTracker,
     stop: CancellationToken,
 ) -> Result<Started, ProbeSetupError> {
-    let prober = new_prober(&config)?;
+    let prober = PreparedProber::build(&config);
+    start_prepared(config, prober, drain_timeout, initial, tasks, stop)
+}
+
+/// [`start`] with the health-check client already built (see [`PreparedProber`]).
+pub fn start_prepared(
+    config: PoolConfig,
+    prober: PreparedProber,
+    drain_timeout: Duration,
+    initial: bool,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<Started, ProbeSetupError> {
+    let prober = prober.0?;
     let name: Arc<str> = Arc::from(config.name.as_str());
     let config = Arc::new(config);
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
@@ -512,9 +547,10 @@ impl Supervisor {
             Command::Reconfigure {
                 config,
                 drain_timeout,
+                prober,
                 reply,
             } => {
-                let _ = reply.send(self.reconfigure(*config, drain_timeout));
+                let _ = reply.send(self.reconfigure(*config, drain_timeout, prober));
             }
             Command::Retire { drain_timeout } => self.retire(drain_timeout),
         }
@@ -619,7 +655,12 @@ impl Supervisor {
         self.slots[i].health = HealthState::new(self.prober.is_none(), h.rise, h.fall);
     }
 
-    fn reconfigure(&mut self, new: PoolConfig, drain_timeout: Duration) -> Reconfigured {
+    fn reconfigure(
+        &mut self,
+        new: PoolConfig,
+        drain_timeout: Duration,
+        prober: Option<PreparedProber>,
+    ) -> Reconfigured {
         self.drain_timeout = drain_timeout;
         let old_discover = self.config.discover.clone();
         let health_changed =
@@ -630,7 +671,12 @@ impl Supervisor {
             self.start_cluster_health();
         }
         if health_changed {
-            match new_prober(&self.config) {
+            // Built by the reload off the runtime; built here only for a caller that did not.
+            let prober = match prober {
+                Some(p) => p.0,
+                None => new_prober(&self.config),
+            };
+            match prober {
                 Ok(prober) => {
                     let was_checked = self.prober.is_some();
                     self.prober = prober;
