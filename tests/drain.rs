@@ -310,8 +310,10 @@ async fn drain_timeout_cuts_what_is_left_and_enable_rearms() {
         r.bytes < 40 * CHUNK,
         "the transfer should have been cut: {r:?}"
     );
+    // Not before drain_timeout (300 ms; the check above proves it came before the transfer's
+    // 2 s end, an upper bound that holds on a machine of any speed).
     assert!(
-        took >= Duration::from_millis(280) && took < Duration::from_millis(800),
+        took >= Duration::from_millis(280),
         "cut {took:?} after the drain; drain_timeout is 300ms"
     );
     wait_until(WAIT, "no connection left", || async {
@@ -426,8 +428,9 @@ async fn drain_timeout_changed_by_reload_applies_to_the_next_drain() {
     let drained_at = Instant::now();
     let r = receiving.await.expect("receiver");
     let took = drained_at.elapsed();
+    // Cut before the transfer's 2 s end: the old 30 s drain_timeout would have let it finish.
     assert!(
-        r.bytes < 40 * CHUNK && took < Duration::from_millis(800),
+        r.bytes < 40 * CHUNK,
         "cut after {took:?} ({r:?}); the reloaded drain_timeout is 300ms"
     );
     splicer.shutdown().await;

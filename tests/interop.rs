@@ -7,13 +7,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use tempfile::TempDir;
 
-use common::{backend_state, backends_toml, free_addr, start_splicer, WAIT};
+use common::peer::{find_program, Daemon};
+use common::{backend_state, backends_toml, free_addr, start_splicer};
 
 /// The name the certificate is issued to and clients ask for.
 const HOST: &str = "backend.test";
@@ -23,21 +24,6 @@ const CN: &str = "splicer-interop-nginx";
 const BODY: &str = "nginx-backend\n";
 /// Longest a client program may run.
 const PROGRAM_WAIT: Duration = Duration::from_secs(20);
-
-/// Path of `program`, from PATH or the sbin directories; panics naming the Debian package.
-fn find_program(program: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{program}` not found: install the Debian package `{package}` \
-                 (scripts/test installs it)"
-            )
-        })
-}
 
 /// A self-signed certificate for `HOST` with subject `CN`, written as `cert.pem`/`key.pem`.
 fn write_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
@@ -57,21 +43,15 @@ fn write_identity(dir: &Path) -> (PathBuf, PathBuf, String) {
 /// nginx in the foreground, as a single process (no workers left behind), with everything it
 /// writes in its own temporary prefix. Dropping it kills it.
 struct Nginx {
-    child: Child,
+    daemon: Daemon,
     addr: SocketAddr,
     dir: PathBuf,
 }
 
 impl Nginx {
     fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let errors = std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default();
+        format!("{}{errors}", self.daemon.log())
     }
 }
 
@@ -113,38 +93,24 @@ http {{
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let child = Command::new(&binary)
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-    let mut nginx = Nginx {
-        child,
+    let mut daemon = Daemon::spawn(
+        "nginx",
+        &binary,
+        &[
+            "-p".as_ref(),
+            dir.as_os_str(),
+            "-e".as_ref(),
+            dir.join("error.log").as_os_str(),
+            "-c".as_ref(),
+            conf_path.as_os_str(),
+        ],
+        dir.join("nginx.out"),
+    );
+    daemon.wait_listening(addr).await;
+    Nginx {
+        daemon,
         addr,
         dir: dir.to_path_buf(),
-    };
-
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(exit)) = nginx.child.try_wait() {
-            panic!("nginx exited at start ({exit}):\n{}", nginx.error_log());
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return nginx;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "nginx did not listen on {addr} within {WAIT:?}:\n{}",
-            nginx.error_log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -11,8 +11,8 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use splicer::net::proxy_protocol::{self, Parsed, ProxyHeader, V2_SIGNATURE};
 
+use common::peer::{find_program, Daemon};
 use common::{backends_toml, free_addr, free_port, start_splicer, Splicer, SplicerProcess, WAIT};
 
 // ---------------------------------------------------------------------------------------------
@@ -321,7 +322,7 @@ timeout = "150ms"
 // ---------------------------------------------------------------------------------------------
 // accept_proxy
 
-/// Listeners `strict_pp` (accept_proxy, 300 ms to send the header) → pool `sink` (no checks, so
+/// Listeners `strict_pp` (accept_proxy, 2 s to send the header) → pool `sink` (no checks, so
 /// any connection there is a client's).
 async fn strict_setup() -> (Splicer, mpsc::UnboundedReceiver<Seen>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -333,7 +334,7 @@ name = "strict_pp"
 bind = "127.0.0.1:0"
 pool = "sink"
 accept_proxy = true
-client_hello_timeout = "300ms"
+client_hello_timeout = "2s"
 
 [[pool]]
 name = "sink"
@@ -357,7 +358,7 @@ async fn closed_after(addr: SocketAddr, bytes: &[u8]) -> (bool, Duration) {
         s.write_all(bytes).await.expect("write");
     }
     let mut buf = [0u8; 256];
-    let closed = match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+    let closed = match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
         Err(_) => false,
         Ok(Ok(0)) | Ok(Err(_)) => true,
         Ok(Ok(n)) => panic!(
@@ -424,26 +425,26 @@ async fn accept_proxy_takes_the_client_from_the_header_and_refuses_bad_or_late_o
             String::from_utf8_lossy(bad)
         );
         assert!(
-            elapsed < Duration::from_millis(290),
-            "a malformed header should be refused at once, not after the timeout ({elapsed:?})"
+            elapsed < Duration::from_secs(1),
+            "a malformed header should be refused at once, not after the 2 s timeout ({elapsed:?})"
         );
     }
     // No header at all within client_hello_timeout: closed after it.
     let (closed, elapsed) = closed_after(addr, b"").await;
     assert!(
         closed,
-        "a client sending no header was not closed within 5 s"
+        "a client sending no header was not closed within 10 s"
     );
     assert!(
-        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_secs(3),
-        "closed after {elapsed:?}; client_hello_timeout is 300ms"
+        elapsed >= Duration::from_secs(2),
+        "closed after {elapsed:?}; client_hello_timeout is 2s"
     );
     // Half a header, then silence: also closed after the timeout.
     let (closed, elapsed) = closed_after(addr, b"PROXY TCP4 198.51.100.7 ").await;
     assert!(closed);
     assert!(
-        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_secs(3),
-        "{elapsed:?}"
+        elapsed >= Duration::from_secs(2),
+        "closed after {elapsed:?}; client_hello_timeout is 2s"
     );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
@@ -455,74 +456,6 @@ async fn accept_proxy_takes_the_client_from_the_header_and_refuses_bad_or_late_o
 
 // ---------------------------------------------------------------------------------------------
 // Real peers: nginx behind splicer, HAProxy in front of it.
-
-/// Path of `program`, from PATH or the sbin directories; panics naming the Debian package.
-fn find_program(program: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{program}` not found: install the Debian package `{package}` \
-                 (scripts/test installs it)"
-            )
-        })
-}
-
-/// A program run in the foreground for a test; killed when dropped.
-struct Daemon {
-    child: Child,
-    name: &'static str,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until `addr` accepts connections; panics with the log if it exits.
-    async fn wait_listening(&mut self, addr: SocketAddr) {
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(exit)) = self.child.try_wait() {
-                panic!("{} exited at start ({exit}):\n{}", self.name, self.log());
-            }
-            if TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "{} did not listen on {addr} within {WAIT:?}:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &'static str, program: &Path, args: &[&std::ffi::OsStr], log: PathBuf) -> Daemon {
-    let out = std::fs::File::create(&log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    Daemon { child, name, log }
-}
 
 /// nginx answering every request with the address and port its PROXY header named.
 async fn start_nginx(dir: &Path) -> (Daemon, SocketAddr) {
@@ -556,7 +489,7 @@ http {{
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let mut nginx = spawn(
+    let mut nginx = Daemon::spawn(
         "nginx",
         &binary,
         &[
@@ -713,7 +646,7 @@ backend splicer
     );
     let conf_path = dir.join("haproxy.cfg");
     std::fs::write(&conf_path, conf).expect("write haproxy.cfg");
-    let mut haproxy = spawn(
+    let mut haproxy = Daemon::spawn(
         "haproxy",
         &binary,
         &["-db".as_ref(), "-f".as_ref(), conf_path.as_os_str()],

@@ -87,6 +87,43 @@ async fn wait_states(admin: SocketAddr, nodes: &[SocketAddr], want: &[&str], wha
     .await;
 }
 
+/// Checks (pass and fail) splicer has run on each node so far.
+async fn checks_run(admin: SocketAddr, nodes: &[SocketAddr]) -> Vec<f64> {
+    let m = metrics_text(admin).await;
+    nodes
+        .iter()
+        .map(|n| {
+            ["pass", "fail"]
+                .iter()
+                .filter_map(|r| {
+                    let series = format!(
+                        "splicer_health_checks_total{{pool=\"quay\",backend=\"{n}\",result=\"{r}\"}}"
+                    );
+                    metric_value(&m, &series)
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// Waits until splicer has run `n` more checks on every node: proof that a state change those
+/// checks would cause (`fall` = `rise` = 2 here) had every chance to happen, on a machine of any
+/// speed, where a fixed sleep proves nothing.
+async fn wait_checks(admin: SocketAddr, nodes: &[SocketAddr], n: f64) {
+    let before = checks_run(admin, nodes).await;
+    wait_until(
+        CHANGE,
+        &format!("{n} more checks on every node"),
+        || async {
+            let now = checks_run(admin, nodes).await;
+            now.iter()
+                .zip(&before)
+                .all(|(now, before)| *now >= before + n)
+        },
+    )
+    .await;
+}
+
 async fn set_node(rig: &splicer::rig::Rig, i: usize, body: &str) {
     let (code, answer) = control(rig, &format!("/nodes/{i}/health"), body).await;
     assert_eq!(code, 200, "control /nodes/{i}/health {body}: {answer}");
@@ -195,8 +232,8 @@ async fn a_shared_database_outage_keeps_every_node_in_rotation() {
 
     let watch = Watch::start(&splicer, nodes.clone(), vec![1, 2, 3]);
     set_shared(&rig, "database", "down").await;
-    // Several times fall × interval: long enough to eject everyone if the outage were not seen.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Three times fall: enough to eject everyone if the outage were not seen.
+    wait_checks(admin, &nodes, 6.0).await;
     watch.finish("during the shared database outage").await;
 
     let p = pool_status(admin).await;
@@ -367,7 +404,7 @@ async fn a_nodes_own_failure_during_a_shared_outage_still_ejects_it() {
     assert_eq!(services["disk_space"], json!(false), "{p}");
     assert_eq!(services["database"], json!(false), "{p}");
     assert_eq!(p["shared_outage"], json!(["database"]), "{p}");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_checks(admin, &nodes, 4.0).await;
     watch
         .finish("node 2 failing on its own during the outage")
         .await;
@@ -380,7 +417,8 @@ async fn a_nodes_own_failure_during_a_shared_outage_still_ejects_it() {
         backend(&p, nodes[1])["last_check"]["services"]["disk_space"] == json!(true)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Twice rise: it would be back by now if those checks counted.
+    wait_checks(admin, &nodes, 4.0).await;
     assert_eq!(
         states(admin, &nodes).await,
         ["up", "down", "up"],

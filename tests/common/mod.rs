@@ -4,6 +4,7 @@
 
 pub mod installed;
 pub mod load;
+pub mod peer;
 pub mod process;
 
 use std::future::Future;
@@ -377,6 +378,8 @@ pub struct SplicerProcess {
     /// The config file (rewrite it, then SIGHUP, to reload).
     pub config: std::path::PathBuf,
     stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Ends at EOF on stderr: once the process exited, awaiting it means the log is complete.
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -389,7 +392,6 @@ impl SplicerProcess {
         listeners: usize,
         make_config: impl Fn(SocketAddr, &[SocketAddr]) -> String,
     ) -> SplicerProcess {
-        use tokio::io::AsyncBufReadExt;
         for _ in 0..5 {
             let admin = free_addr();
             let addrs: Vec<SocketAddr> = (0..listeners).map(|_| free_addr()).collect();
@@ -413,15 +415,7 @@ impl SplicerProcess {
                 .and_then(|id| i32::try_from(id).ok())
                 .expect("a pid");
             let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-            let sink = stderr.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Ok(mut l) = sink.lock() {
-                        l.push(line);
-                    }
-                }
-            });
+            let reader = collect_lines(child.stderr.take().expect("stderr"), stderr.clone());
             let mut p = SplicerProcess {
                 child,
                 pid,
@@ -429,12 +423,15 @@ impl SplicerProcess {
                 listeners: addrs,
                 config: path,
                 stderr,
+                stderr_reader: Some(reader),
                 _dir: dir,
             };
             let started = Instant::now();
             loop {
                 if let Some(status) = p.child.try_wait().expect("poll splicer") {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(reader) = p.stderr_reader.take() {
+                        let _ = tokio::time::timeout(WAIT, reader).await;
+                    }
                     let log = p.log();
                     if status.code() == Some(1) && log.contains("in use") {
                         break; // a port was taken meanwhile: try other ones
