@@ -567,51 +567,31 @@ async fn rig(opts: RigOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo's balancer: what `config/rig.toml` says, built in code so `demo` needs no file.
-/// With the rig's CA (`ca`: the service name and the CA file's absolute path), the checks
-/// verify the nodes' certificates for that name, as docs/quay-ha.md sets them up.
+/// The demo's balancer: `config/rig.toml`, embedded, with the rig's nodes as backends. With
+/// the rig's CA (`ca`: the service name and the CA file's absolute path), the checks verify the
+/// nodes' certificates for that name, as docs/quay-ha.md sets them up.
 fn demo_config(nodes: &[SocketAddr], ca: Option<(&str, &Path)>) -> anyhow::Result<Config> {
-    let backends: Vec<String> = nodes.iter().map(|a| format!("\"{a}\"")).collect();
-    let verify = match ca {
-        // Debug formatting quotes and escapes both, which TOML basic strings accept.
-        Some((name, file)) => format!("host = {name:?}\ntls_verify = true\nca_file = {file:?}\n"),
-        None => String::new(),
-    };
-    let text = format!(
-        r#"
-[admin]
-bind = "127.0.0.1:9090"
-
-[runtime]
-drain_timeout = "5s"
-
-[[listener]]
-name = "https"
-bind = "127.0.0.1:8443"
-pool = "quay"
-
-[[pool]]
-name = "quay"
-backends = [{}]
-connect_timeout = "1s"
-
-[pool.health]
-check = "https"
-path = "/health/instance"
-interval = "1s"
-timeout = "500ms"
-rise = 2
-fall = 2
-shared_dependencies = ["database", "auth"]
-{}
-[pool.cluster_health]
-path = "/health/endtoend"
-interval = "2s"
-"#,
-        backends.join(", "),
-        verify
-    );
-    config::parse(std::path::Path::new("<demo>"), &text).map_err(|e| anyhow::anyhow!("{e}"))
+    const RIG_TOML: &str = include_str!("../config/rig.toml");
+    let mut doc: toml::Table = RIG_TOML.parse().context("config/rig.toml")?;
+    let pool = doc
+        .get_mut("pool")
+        .and_then(|p| p.as_array_mut())
+        .and_then(|p| p.first_mut())
+        .and_then(|p| p.as_table_mut())
+        .context("config/rig.toml has no [[pool]]")?;
+    let backends = nodes.iter().map(|a| a.to_string().into()).collect();
+    pool.insert("backends".into(), toml::Value::Array(backends));
+    if let Some((name, file)) = ca {
+        let health = pool
+            .get_mut("health")
+            .and_then(|h| h.as_table_mut())
+            .context("config/rig.toml has no [pool.health]")?;
+        health.insert("host".into(), name.into());
+        health.insert("tls_verify".into(), true.into());
+        health.insert("ca_file".into(), file.display().to_string().into());
+    }
+    let text = toml::to_string(&doc).context("cannot write the demo's config")?;
+    config::parse(Path::new("config/rig.toml (demo)"), &text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// How to run this same binary from the user's shell: `splicer` when that is what PATH finds,
@@ -726,4 +706,34 @@ Ctrl-C stops the demo.{install_hint}
     running.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), rig.shutdown()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_runs_config_rig_toml_with_the_rigs_nodes() {
+        let file = config::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/rig.toml"
+        )))
+        .unwrap();
+        let nodes: Vec<SocketAddr> = (2..7)
+            .map(|i| SocketAddr::from(([127, 0, 0, i], 9443)))
+            .collect();
+        let demo = demo_config(&nodes, None).unwrap();
+        let addresses: Vec<SocketAddr> = demo.pools[0].backends.iter().map(|b| b.address).collect();
+        assert_eq!(addresses, nodes);
+        assert_eq!(demo.pools[0].health, file.pools[0].health);
+        assert_eq!(demo.pools[0].cluster_health, file.pools[0].cluster_health);
+        assert_eq!(demo.listeners[0].bind, file.listeners[0].bind);
+        assert_eq!(demo.runtime.drain_timeout, file.runtime.drain_timeout);
+
+        let ca = Path::new("/tmp/rig-ca.pem");
+        let verified = demo_config(&nodes, Some(("quay.example.com", ca)));
+        // The CA file does not exist: validation reads it, and says so.
+        let e = verified.unwrap_err().to_string();
+        assert!(e.contains("rig-ca.pem"), "{e}");
+    }
 }
