@@ -8,7 +8,7 @@
 //! therefore stalls only that thread, and the loss shows in [`AccessLog::dropped`].
 //!
 //! The line formats are pure functions ([`format_text`], [`format_json`]); the layout is
-//! DESIGN.md §5 "Access log line".
+//! docs/architecture.md §5 "Access log line".
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -52,7 +52,7 @@ pub struct AccessRecord {
     pub to_client: u64,
     /// Time from accept to the end of the connection.
     pub duration: Duration,
-    /// Why the connection ended (`client_closed`, `no_backend`, ...; DESIGN.md §5).
+    /// Why the connection ended (`client_closed`, `no_backend`, ...; docs/architecture.md §5).
     pub end: &'static str,
 }
 

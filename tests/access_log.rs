@@ -1,4 +1,4 @@
-//! The access log of `splicer run` (DESIGN.md §5 "Access log line"): one line per finished
+//! The access log of `splicer run` (docs/architecture.md §5 "Access log line"): one line per finished
 //! connection on stdout, in the exact text layout or as JSON with the same fields, with the
 //! bytes each way; nothing with `access_log = false`; and a sink that never drains (stdout
 //! piped, never read) costs lines, counted in `splicer_access_log_dropped_total`, never

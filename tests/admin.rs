@@ -1,4 +1,4 @@
-//! The admin API (DESIGN.md §5) against splicer running in-process in front of the rig:
+//! The admin API (docs/architecture.md §5) against splicer running in-process in front of the rig:
 //! `/health`, `/ready` following pool health, the exact shape of `/status` and its counters,
 //! and JSON errors for wrong methods and unknown paths.
 

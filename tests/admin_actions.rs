@@ -1,4 +1,4 @@
-//! The admin API's actions and errors (docs/admin-api.md, DESIGN.md §5): the 200 bodies of
+//! The admin API's actions and errors (docs/admin-api.md, docs/architecture.md §5): the 200 bodies of
 //! `drain`/`disable`/`enable`, 404 for unknown pools, backends, addresses, actions and paths,
 //! 405 with `Allow` for wrong methods, 409 for a backend a reload removed while it drains, IPv6
 //! backends named percent-encoded, and bearer-token authentication of every POST (GETs stay

@@ -428,7 +428,7 @@ fn hostile_input_never_panics() {
     }
 }
 
-/// DESIGN §3: every duration key, with `"0s"`, a sub-millisecond value and `1ms`. Keys where 0
+/// docs/architecture.md §3: every duration key, with `"0s"`, a sub-millisecond value and `1ms`. Keys where 0
 /// means off/never accept it (and `check` shows it as such); keys that bound a wait for a peer,
 /// or a period, refuse it naming the key; a finer value than 1ms is an error everywhere.
 #[test]

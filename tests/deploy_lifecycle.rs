@@ -1,4 +1,4 @@
-//! The deployment files against the lifecycle contract (DESIGN.md §8): what systemd, Kubernetes,
+//! The deployment files against the lifecycle contract (docs/architecture.md §8): what systemd, Kubernetes,
 //! keepalived, Docker and cloud-init are told about splicer's own stops, restarts and upgrades.
 //!
 //! Each check runs the real tool where one exists and FAILS when it is missing (scripts/test
@@ -841,7 +841,7 @@ fn the_cloud_balancer_checks_ready_not_the_data_port() {
     );
     assert!(
         config.has_token_file,
-        "a reachable admin API needs token_file (DESIGN.md §3)"
+        "a reachable admin API needs token_file (docs/architecture.md §3)"
     );
     let flat = text.replace("\n#", "").replace("  ", " ");
     assert!(

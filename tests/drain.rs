@@ -1,4 +1,4 @@
-//! Backend actions (DESIGN.md §4 "States", admin-api.md "Backend actions"): `drain` lets
+//! Backend actions (docs/architecture.md §4 "States", admin-api.md "Backend actions"): `drain` lets
 //! transfers in flight finish while new connections go elsewhere, and cuts what is left at
 //! `drain_timeout` (`end=drained` in the access log); `enable` brings a draining backend back at
 //! once; `disable` stops checks and rotation, and `enable` then needs `rise` passes.

@@ -1,4 +1,4 @@
-//! Edge protection (DESIGN.md §9) with real client addresses: each client binds its own
+//! Edge protection (docs/architecture.md §9) with real client addresses: each client binds its own
 //! loopback source address (127.0.0.0/8 is all local), or a PROXY header carries an IPv6
 //! source. Denied clients are reset and never reach a backend; per-client limits hold exactly;
 //! the per-client table stays within its bound under thousands of distinct clients; a refused

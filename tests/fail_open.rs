@@ -1,4 +1,4 @@
-//! Fail-open (DESIGN.md §4): when every backend of a pool fails its checks, `fail_open = true`
+//! Fail-open (docs/architecture.md §4): when every backend of a pool fails its checks, `fail_open = true`
 //! spreads connections over the down backends and says so on `/status`; `fail_open = false`
 //! closes clients at once and makes `/ready` answer 503. Real sockets and TLS on loopback.
 

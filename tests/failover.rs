@@ -2,7 +2,7 @@
 //! connections through splicer, one machine of a three-node rig dies, hangs, fails its health
 //! check or silently drops packets. Each test measures how long the machine takes to leave
 //! (and come back) on `/status` against the contract's bound, `fall × interval + timeout`
-//! (DESIGN.md §4, "Health"), and checks what the clients saw meanwhile.
+//! (docs/architecture.md §4, "Health"), and checks what the clients saw meanwhile.
 //!
 //! Passive marking (`passive_fall`) is off in these pools: it would take a refusing or
 //! silent backend out before its checks do and so hide a regression of the active checks,

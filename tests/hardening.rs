@@ -200,7 +200,7 @@ fn check_survives_a_failing_stdout() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The admin API's edge (DESIGN §9).
+// The admin API's edge (docs/architecture.md §9).
 
 /// Sends `head` (request line and headers, without the blank line) plus `body` and returns the
 /// status, the head of the answer and its body; status 0 when the connection closed without one.

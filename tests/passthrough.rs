@@ -1,4 +1,4 @@
-//! Passthrough over real loopback sockets (DESIGN.md §4 "Passthrough" and "Connect"): bytes
+//! Passthrough over real loopback sockets (docs/architecture.md §4 "Passthrough" and "Connect"): bytes
 //! arrive unchanged both ways at once, a half-close crosses splicer as a half-close, a reset as a
 //! reset, and a failed connect is retried on another backend and counted against the dead one.
 

@@ -1,4 +1,4 @@
-//! Reloading the config (DESIGN.md §4 "Reload", admin-api.md "Reload"): every case of the diff
+//! Reloading the config (docs/architecture.md §4 "Reload", admin-api.md "Reload"): every case of the diff
 //! (backends added, removed idle, removed while in use, kept; listeners added, removed, kept;
 //! pools added and removed; weights), the `/reload` answers and the reload counters, 50
 //! reloads under a continuous client load without one failed connection, and SIGHUP on the

@@ -1,4 +1,4 @@
-//! Graceful shutdown of the `splicer run` process (DESIGN.md §2 "Signals"): the first
+//! Graceful shutdown of the `splicer run` process (docs/architecture.md §2 "Signals"): the first
 //! SIGTERM/SIGINT turns `/ready` to 503 and closes the listeners, open transfers finish (up to
 //! `drain_timeout`, then they are cut), and the process exits 0; a second signal exits at once
 //! with code 1.

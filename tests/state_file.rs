@@ -1,4 +1,4 @@
-//! DESIGN §8 "State that outlives the process": admin decisions written to `runtime.state_file`
+//! docs/architecture.md §8 "State that outlives the process": admin decisions written to `runtime.state_file`
 //! come back after a restart and an upgrade, a kill -9 at any moment leaves the old file or the
 //! new one (never a partial one), and a bad file never stops a start. `splicer run` as a process
 //! on loopback in front of the rig.

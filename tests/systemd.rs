@@ -1,4 +1,4 @@
-//! DESIGN §8 against the real thing: `splicer run` as a process on loopback talking to a
+//! docs/architecture.md §8 against the real thing: `splicer run` as a process on loopback talking to a
 //! notification socket the test binds (sd_notify, with the sender's pid from SCM_CREDENTIALS),
 //! started by `systemd-socket-activate`, restarted ten times on sockets the test holds (the
 //! manager's part), and refusing to start next to a running copy.

@@ -1,4 +1,4 @@
-//! splicer's own life under client load (DESIGN.md §8): binary upgrades hand the same listening
+//! splicer's own life under client load (docs/architecture.md §8): binary upgrades hand the same listening
 //! sockets to a new process (20 in a row: no client refused, reset or failed, every long
 //! download byte-exact on the process that started it, one process and no leaked fd left);
 //! failed upgrades leave the old process serving and say why; SIGTERM with `shutdown_delay`

@@ -1,4 +1,4 @@
-//! Edge protection (DESIGN.md §9): which clients a listener admits at all (`allow`/`deny`
+//! Edge protection (docs/architecture.md §9): which clients a listener admits at all (`allow`/`deny`
 //! CIDR lists) and how much one client may take (`per_client_max_connections`,
 //! `per_client_rate`). Pure values and verdicts here; [`clients`] keeps the bounded per-client
 //! table. The data path asks once per connection, after the PROXY header names the client.

@@ -1,6 +1,6 @@
 //! The rig: simulated Quay cluster nodes and the control API that breaks them on purpose.
 //!
-//! Used by `splicer rig`, `splicer demo` and the integration tests (DESIGN.md §6 is the
+//! Used by `splicer rig`, `splicer demo` and the integration tests (docs/architecture.md §6 is the
 //! contract). Each node is an HTTPS server with its own certificate (`cert.rs`; self-signed,
 //! or signed by one CA of the rig's when [`RigOptions::ca`] asks for a service name) answering
 //! Quay-style health (`body.rs`) and a few data routes (`routes.rs`); its listener,
