@@ -5,6 +5,7 @@
 pub mod installed;
 pub mod load;
 pub mod process;
+pub mod prometheus;
 
 use std::future::Future;
 use std::net::SocketAddr;
