@@ -21,8 +21,9 @@
 FROM rust:1.95.0-slim-trixie AS build
 WORKDIR /src
 # Only what cargo reads (.dockerignore sends nothing else): the manifest and lock file, the
-# sources, and benches/ because Cargo.toml declares a bench target there.
-COPY Cargo.toml Cargo.lock ./
+# build script, the sources, and benches/ because Cargo.toml declares a bench target there.
+# The context has no .git, so splicer_build_info reports commit="unknown".
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches
 # The same command CI runs, so the image holds the binary the test suite was run against

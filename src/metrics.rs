@@ -6,9 +6,16 @@
 //! around one [`Collector`], so there is no global and nothing to keep in step with reloads: a
 //! pool or backend removed by a reload simply stops appearing.
 //!
+//! The two exceptions are [`histogram`], the fixed-bucket atomics that connections and health
+//! checks record durations into (a few relaxed adds each), and [`process`], which reads the
+//! standard `process_*` figures from `/proc/self` when scraped.
+//!
 //! Adding a family is a constant below (name, help, label names — the label count is part of its
 //! type, so a sample with the wrong number of labels does not compile) and one `encode` call in
 //! `Scrape::encode`.
+
+pub mod histogram;
+pub mod process;
 
 use std::fmt;
 use std::sync::Arc;
@@ -26,6 +33,15 @@ use crate::app::AppState;
 use crate::net::connect::ConnectFailure;
 use crate::pool::{Backend, BackendState, Pool};
 use crate::proxy::{ListenerCtx, RefusedReason};
+
+use self::process::ProcessStats;
+
+/// The commit splicer was built from (`git rev-parse --short HEAD` in `build.rs`), or
+/// `unknown` when it was built outside a git checkout.
+pub const GIT_COMMIT: &str = match option_env!("SPLICER_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
 
 /// Content type of [`render`]'s output: prometheus-client's text encoder writes OpenMetrics 1.0.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -101,6 +117,13 @@ const HEALTH_CHECK_DURATION: Histograms<2> = Histograms {
     labels: ["pool", "backend"],
 };
 
+const BACKEND_CONNECT_DURATION: Histograms<2> = Histograms {
+    name: "splicer_backend_connect_duration_seconds",
+    unit: Unit::Seconds,
+    help: "Time successful TCP connects to the backend took, for client connections.",
+    labels: ["pool", "backend"],
+};
+
 const LISTENER_CONNECTIONS: Counters<1> = Counters {
     name: "splicer_listener_connections",
     help: "Client connections the listener ever accepted.",
@@ -110,6 +133,19 @@ const LISTENER_CONNECTIONS: Counters<1> = Counters {
 const LISTENER_ACTIVE_CONNECTIONS: Gauges<1> = Gauges {
     name: "splicer_listener_active_connections",
     help: "Client connections of the listener open now.",
+    labels: ["listener"],
+};
+
+const LISTENER_MAX_CONNECTIONS: Gauges<1> = Gauges {
+    name: "splicer_listener_max_connections",
+    help: "The listener's max_connections: at this many open connections it stops accepting (0 = unlimited).",
+    labels: ["listener"],
+};
+
+const LISTENER_CONNECTION_DURATION: Histograms<1> = Histograms {
+    name: "splicer_listener_connection_duration_seconds",
+    unit: Unit::Seconds,
+    help: "How long the listener's client connections lasted, from accept to close, however they ended.",
     labels: ["listener"],
 };
 
@@ -181,6 +217,45 @@ const UPGRADES: Counters<1> = Counters {
     labels: ["result"],
 };
 
+const BUILD_INFO: Gauges<2> = Gauges {
+    name: "splicer_build_info",
+    help: "Always 1; the labels say which version and commit this process runs.",
+    labels: ["version", "commit"],
+};
+
+// The standard process families, named as every Prometheus client library names them so that
+// existing dashboards and alerts work unchanged.
+
+const PROCESS_OPEN_FDS: Gauges<0> = Gauges {
+    name: "process_open_fds",
+    help: "Number of open file descriptors.",
+    labels: [],
+};
+
+const PROCESS_MAX_FDS: Gauges<0> = Gauges {
+    name: "process_max_fds",
+    help: "Maximum number of open file descriptors (the soft RLIMIT_NOFILE).",
+    labels: [],
+};
+
+const PROCESS_RESIDENT_MEMORY: Gauges<0> = Gauges {
+    name: "process_resident_memory_bytes",
+    help: "Resident memory size in bytes.",
+    labels: [],
+};
+
+const PROCESS_CPU: Counters<0> = Counters {
+    name: "process_cpu_seconds",
+    help: "Total user and system CPU time spent in seconds.",
+    labels: [],
+};
+
+const PROCESS_START_TIME: Gauges<0> = Gauges {
+    name: "process_start_time_seconds",
+    help: "Start time of the process since unix epoch in seconds.",
+    labels: [],
+};
+
 /// Every backend state, in the order `splicer_backend_state` lists them.
 const BACKEND_STATES: [BackendState; 4] = [
     BackendState::Up,
@@ -206,6 +281,7 @@ struct Scrape {
     access_log_dropped: u64,
     state_file_errors: u64,
     upgrades: (u64, u64),
+    process: ProcessStats,
 }
 
 impl Scrape {
@@ -217,6 +293,7 @@ impl Scrape {
             access_log_dropped: state.access_log_dropped(),
             state_file_errors: state.state_file_errors(),
             upgrades: state.upgrades(),
+            process: ProcessStats::read(),
         }
     }
 }
@@ -302,7 +379,14 @@ impl Collector for Scrape {
                 ]
             }),
         )?;
-        // Per-service results, for pools with shared_dependencies (whose bodies are read).
+        BACKEND_CONNECT_DURATION.encode(
+            &mut enc,
+            backends.iter().map(|r| {
+                let (sum, count, cumulative) = r.backend.connect_durations().snapshot();
+                (r.labels(), sum, count, cumulative)
+            }),
+        )?;
+        // Per-service results of every check whose body was a Quay health document.
         let services: Vec<(&BackendRow, String, bool)> = backends
             .iter()
             .flat_map(|r| {
@@ -348,6 +432,19 @@ impl Collector for Scrape {
             self.listeners
                 .iter()
                 .map(|l| ([l.config.name.as_str()], l.active_connections())),
+        )?;
+        LISTENER_MAX_CONNECTIONS.encode(
+            &mut enc,
+            self.listeners
+                .iter()
+                .map(|l| ([l.config.name.as_str()], l.config.max_connections as u64)),
+        )?;
+        LISTENER_CONNECTION_DURATION.encode(
+            &mut enc,
+            self.listeners.iter().map(|l| {
+                let (sum, count, cumulative) = l.connection_durations().snapshot();
+                ([l.config.name.as_str()], sum, count, cumulative)
+            }),
         )?;
         LISTENER_REFUSED.encode(
             &mut enc,
@@ -417,6 +514,14 @@ impl Collector for Scrape {
         STATE_FILE_ERRORS.encode(&mut enc, [([], self.state_file_errors)])?;
         let (ok, failed) = self.upgrades;
         UPGRADES.encode(&mut enc, [(["ok"], ok), (["error"], failed)])?;
+        BUILD_INFO.encode(&mut enc, [([env!("CARGO_PKG_VERSION"), GIT_COMMIT], 1u64)])?;
+        // A figure /proc could not give is left out; its HELP and TYPE still print.
+        let p = &self.process;
+        PROCESS_OPEN_FDS.encode(&mut enc, p.open_fds.map(|v| ([], v)))?;
+        PROCESS_MAX_FDS.encode(&mut enc, p.max_fds.map(|v| ([], v)))?;
+        PROCESS_RESIDENT_MEMORY.encode(&mut enc, p.resident_memory_bytes.map(|v| ([], v)))?;
+        PROCESS_CPU.encode(&mut enc, p.cpu_seconds.map(|v| ([], v)))?;
+        PROCESS_START_TIME.encode(&mut enc, p.start_time_seconds.map(|v| ([], v)))?;
         Ok(())
     }
 }
@@ -526,7 +631,7 @@ fn label_set<'a, const N: usize>(
     })
 }
 
-/// Turns cumulative counts per upper bound (as `CheckDurations::snapshot` gives them) into the
+/// Turns cumulative counts per upper bound (as `Histogram::snapshot` gives them) into the
 /// per-bucket counts prometheus-client's encoder sums up again, with a final `+Inf` bucket
 /// holding what lies above the last bound so the `+Inf` sample equals `count`.
 fn per_bucket(count: u64, cumulative: &[(f64, u64)]) -> Vec<(f64, u64)> {
@@ -649,7 +754,33 @@ mod tests {
 
     #[test]
     fn histogram_names_end_in_their_unit() {
-        let h = &HEALTH_CHECK_DURATION;
-        assert!(h.name.ends_with(&format!("_{}", h.unit.as_str())));
+        for (name, unit) in [
+            (HEALTH_CHECK_DURATION.name, &HEALTH_CHECK_DURATION.unit),
+            (
+                BACKEND_CONNECT_DURATION.name,
+                &BACKEND_CONNECT_DURATION.unit,
+            ),
+            (
+                LISTENER_CONNECTION_DURATION.name,
+                &LISTENER_CONNECTION_DURATION.unit,
+            ),
+        ] {
+            assert!(name.ends_with(&format!("_{}", unit.as_str())), "{name}");
+        }
+    }
+
+    #[test]
+    fn process_figures_that_cannot_be_read_are_left_out() {
+        let out = encode_one(|enc| {
+            let p = ProcessStats::default();
+            PROCESS_OPEN_FDS.encode(enc, p.open_fds.map(|v| ([], v)))?;
+            PROCESS_CPU.encode(enc, Some(([], 1.5f64)))
+        });
+        assert!(
+            !out.lines().any(|l| l.starts_with("process_open_fds ")),
+            "{out}"
+        );
+        assert!(out.contains("# TYPE process_open_fds gauge\n"), "{out}");
+        assert!(out.contains("process_cpu_seconds_total 1.5\n"), "{out}");
     }
 }

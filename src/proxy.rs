@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::{ListenerConfig, PoolConfig, SendProxy};
 use crate::edge::{ClientGuard, ClientTable, Refusal};
+use crate::metrics::histogram::ConnectionDurations;
 use crate::net::connect::{connect, ConnectError, ConnectFailure};
 use crate::net::listener::Accepted;
 use crate::net::pump::{self, End, Traffic};
@@ -52,6 +53,8 @@ pub struct ListenerCounters {
     refused_rate: AtomicU64,
     /// Connections closed because this machine was out of descriptors or memory.
     local_errors: AtomicU64,
+    /// How long connections lasted, recorded as each one ends.
+    connection_duration: ConnectionDurations,
     /// Made on the first connection that needs it (most listeners set no per-client limit).
     clients: std::sync::OnceLock<Arc<ClientTable>>,
 }
@@ -172,14 +175,26 @@ impl ListenerCtx {
     pub fn total_connections(&self) -> u64 {
         self.counters.total.load(Ordering::Relaxed)
     }
+
+    /// Distribution of how long finished connections lasted.
+    pub fn connection_durations(&self) -> &ConnectionDurations {
+        &self.counters.connection_duration
+    }
 }
 
-/// Counts a connection as active on its listener for as long as it lives.
-struct ActiveGuard<'a>(&'a AtomicU64);
+/// Counts a connection as active on its listener for as long as it lives, and records its
+/// duration when it ends: every way out of [`serve`] drops it exactly once.
+struct ActiveGuard<'a> {
+    counters: &'a ListenerCounters,
+    started: Instant,
+}
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .connection_duration
+            .observe(self.started.elapsed());
     }
 }
 
@@ -207,8 +222,12 @@ async fn connect_with_retries(
             break;
         };
         tried.push(backend.address);
+        let attempt = Instant::now();
         match connect(backend.address, config.connect_timeout).await {
-            Ok(stream) => return Ok((stream, backend.connected())),
+            Ok(stream) => {
+                backend.record_connect_duration(attempt.elapsed());
+                return Ok((stream, backend.connected()));
+            }
             // Not the backend's fault, and every other backend would fail the same way.
             Err(ConnectError::Local(e)) => return Err(NoConnection::Local(e)),
             Err(ConnectError::Backend(failure)) => {
@@ -376,10 +395,13 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         peer,
         permit: _permit,
     } = accepted;
+    let started = Instant::now();
     ctx.counters.total.fetch_add(1, Ordering::Relaxed);
     ctx.counters.active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(&ctx.counters.active);
-    let started = Instant::now();
+    let _active = ActiveGuard {
+        counters: &ctx.counters,
+        started,
+    };
     let mut log = LogFields {
         client: peer,
         sni: None,

@@ -334,10 +334,17 @@ async fn status_document_has_the_exact_shape() {
         assert_eq!(b["total_connections"], 0, "{b}");
         assert_eq!(b["connect_failures"], 0, "{b}");
         let check = &b["last_check"];
-        // No `services` key: this version reads no health bodies.
+        // The rig answers with a Quay health document, so its services are shown (DESIGN.md
+        // §10), shared_dependencies or not.
         assert_eq!(
             keys(check),
-            set(&["ok", "status", "latency_ms", "error", "at"]),
+            set(&["ok", "status", "latency_ms", "error", "at", "services"]),
+            "{b}"
+        );
+        assert!(
+            check["services"]
+                .as_object()
+                .is_some_and(|s| !s.is_empty() && s.values().all(|v| v == true)),
             "{b}"
         );
         assert_eq!(check["ok"], true, "{b}");

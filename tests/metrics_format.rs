@@ -506,7 +506,7 @@ fn parser_rejects_what_openmetrics_forbids() {
 }
 
 /// Every family of the contract: (name, type, label names of its samples).
-const FAMILIES: [(&str, &str, &[&str]); 22] = [
+const FAMILIES: [(&str, &str, &[&str]); 31] = [
     ("splicer_backend_up", "gauge", &["pool", "backend"]),
     (
         "splicer_backend_state",
@@ -568,6 +568,23 @@ const FAMILIES: [(&str, &str, &[&str]); 22] = [
     ),
     ("splicer_state_file_errors", "counter", &[]),
     ("splicer_upgrades", "counter", &["result"]),
+    ("splicer_build_info", "gauge", &["version", "commit"]),
+    ("process_open_fds", "gauge", &[]),
+    ("process_max_fds", "gauge", &[]),
+    ("process_resident_memory_bytes", "gauge", &[]),
+    ("process_cpu_seconds", "counter", &[]),
+    ("process_start_time_seconds", "gauge", &[]),
+    (
+        "splicer_backend_connect_duration_seconds",
+        "histogram",
+        &["pool", "backend"],
+    ),
+    (
+        "splicer_listener_connection_duration_seconds",
+        "histogram",
+        &["listener"],
+    ),
+    ("splicer_listener_max_connections", "gauge", &["listener"]),
     // Extensions: connections lost to this machine's own exhaustion, and how full each
     // listener's per-client table is.
     ("splicer_listener_local_errors", "counter", &["listener"]),
@@ -637,6 +654,7 @@ async fn metrics_count_what_one_connection_moved() {
 name = "in"
 bind = "127.0.0.1:0"
 pool = "p"
+max_connections = 7
 
 [[pool]]
 name = "p"
@@ -666,6 +684,7 @@ timeout = "100ms"
     const N: usize = 1_048_576 + 7;
     let m = N + TRAILER.len();
     let data = payload(N);
+    let before_connect = std::time::Instant::now();
     let conn = async {
         let stream = TcpStream::connect(splicer.addr)
             .await
@@ -690,22 +709,26 @@ timeout = "100ms"
         "echo came back altered"
     );
 
-    // The connection's end is counted when splicer's side of it finishes.
+    // The connection's end is counted when splicer's side of it finishes (its duration a
+    // moment after its active count).
+    let listener_in = [("listener", "in".to_string())];
     wait_until(
         WAIT,
         "the connection to end in splicer's counters",
         || async {
             let e = scrape(&splicer);
             value(&e, "splicer_backend_active_connections", &p(&[])) == 0.0
+                && value(&e, "splicer_listener_active_connections", &listener_in) == 0.0
+                && value(&e, "splicer_health_checks_total", &p(&[("result", "pass")])) > 0.0
                 && value(
                     &e,
-                    "splicer_listener_active_connections",
-                    &[("listener", "in".into())],
-                ) == 0.0
-                && value(&e, "splicer_health_checks_total", &p(&[("result", "pass")])) > 0.0
+                    "splicer_listener_connection_duration_seconds_count",
+                    &listener_in,
+                ) == 1.0
         },
     )
     .await;
+    let connection_lasted_at_most = before_connect.elapsed().as_secs_f64();
 
     let e = scrape(&splicer);
     for (name, kind, labels) in FAMILIES {
@@ -757,6 +780,11 @@ timeout = "100ms"
         1.0
     );
     assert_eq!(value(&e, "splicer_backend_up", &p(&[])), 1.0);
+    assert_eq!(
+        value(&e, "splicer_listener_max_connections", &listener_in),
+        7.0
+    );
+    assert_new_families(&e, &p(&[]), connection_lasted_at_most);
     for state in ["up", "down", "draining", "disabled"] {
         let want = if state == "up" { 1.0 } else { 0.0 };
         assert_eq!(
@@ -819,6 +847,148 @@ timeout = "100ms"
     echo_task.abort();
 }
 
+/// The families DESIGN.md §10 added, after one proxied connection that lasted at most
+/// `lasted_at_most` seconds: both histograms counted it once, in the right buckets; build and
+/// process figures are those of this process.
+fn assert_new_families(e: &Exposition, backend: &[(&'static str, String)], lasted_at_most: f64) {
+    let get = |name: &str, labels: &[(&str, String)]| -> f64 {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        e.value(name, &labels)
+            .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+    };
+    let listener = [("listener", "in".to_string())];
+
+    // The connect histogram counts each proxied connection's successful connect once.
+    let connects = get("splicer_backend_connections_total", backend);
+    let connect_count = get("splicer_backend_connect_duration_seconds_count", backend);
+    assert_eq!(
+        connect_count, connects,
+        "one connect per proxied connection"
+    );
+    let connect_sum = get("splicer_backend_connect_duration_seconds_sum", backend);
+    assert!(
+        connect_sum > 0.0 && connect_sum < lasted_at_most,
+        "connect took {connect_sum} s of a connection that lasted at most {lasted_at_most} s"
+    );
+    assert_one_observation_of(
+        e,
+        "splicer_backend_connect_duration_seconds",
+        backend,
+        connect_sum,
+    );
+
+    let lasted = get(
+        "splicer_listener_connection_duration_seconds_sum",
+        &listener,
+    );
+    assert!(
+        lasted > 0.0 && lasted <= lasted_at_most,
+        "splicer says the connection lasted {lasted} s; the client saw at most {lasted_at_most} s"
+    );
+    assert!(lasted >= connect_sum, "the connection outlasts its connect");
+    assert_one_observation_of(
+        e,
+        "splicer_listener_connection_duration_seconds",
+        &listener,
+        lasted,
+    );
+
+    let commit = get_build_info(e);
+    assert_eq!(commit, expected_commit(), "splicer_build_info commit");
+
+    let open = e.value("process_open_fds", &[]).expect("process_open_fds");
+    let max = e.value("process_max_fds", &[]).expect("process_max_fds");
+    assert!(open > 0.0 && open <= max, "open fds {open}, max {max}");
+    assert!(
+        e.value("process_resident_memory_bytes", &[])
+            .is_some_and(|b| b > 1_000_000.0),
+        "a process with tokio and rustls has more than 1 MB resident"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let started = e
+        .value("process_start_time_seconds", &[])
+        .expect("process_start_time_seconds");
+    // This test process started before the test and, given the build, not a day earlier.
+    assert!(
+        started <= now && started > now - 86_400.0,
+        "start {started}, now {now}"
+    );
+    // CPU time is counted in clock ticks (10 ms), so a short test may not have used one yet;
+    // it cannot exceed every core busy since the start.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu = e
+        .value("process_cpu_seconds_total", &[])
+        .expect("process_cpu_seconds_total");
+    assert!(
+        cpu >= 0.0 && cpu <= (now - started + 0.02) * cores,
+        "cpu {cpu} s in {} s on {cores} cores",
+        now - started
+    );
+}
+
+/// A histogram series holding exactly one observation of `seconds`: every bucket at or above
+/// it holds 1, every one below holds 0, and `_count` is 1.
+fn assert_one_observation_of(e: &Exposition, name: &str, labels: &[(&str, String)], seconds: f64) {
+    let want: BTreeSet<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let family = e
+        .family(name)
+        .unwrap_or_else(|| panic!("family {name} missing"));
+    let mut buckets = 0;
+    for s in family
+        .samples
+        .iter()
+        .filter(|s| s.name == format!("{name}_bucket"))
+    {
+        let others: BTreeSet<(&str, &str)> = s
+            .labels
+            .iter()
+            .filter(|(k, _)| k != "le")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        if others != want {
+            continue;
+        }
+        let le = exposition::parse_float(s.label("le").expect("le")).expect("le is a number");
+        let inside = if seconds <= le { 1.0 } else { 0.0 };
+        assert_eq!(s.value, inside, "{name} bucket le={le} for one {seconds} s");
+        buckets += 1;
+    }
+    assert!(buckets > 2, "{name}{labels:?} has {buckets} buckets");
+    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(e.value(&format!("{name}_count"), &labels), Some(1.0));
+}
+
+/// The `commit` label of the one `splicer_build_info` sample, which must be 1 and carry this
+/// package's version.
+fn get_build_info(e: &Exposition) -> String {
+    let family = e.family("splicer_build_info").expect("splicer_build_info");
+    assert_eq!(family.samples.len(), 1, "{family:?}");
+    let s = &family.samples[0];
+    assert_eq!(s.value, 1.0);
+    assert_eq!(s.label("version"), Some(env!("CARGO_PKG_VERSION")));
+    s.label("commit").expect("a commit label").to_string()
+}
+
+/// What `build.rs` records: the checkout's short HEAD, or `unknown` outside git.
+fn expected_commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    if !std::path::Path::new(dir).join(".git").exists() {
+        return "unknown".to_string();
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connect_is_counted_by_reason() {
     let dead = dead_addr().await;
@@ -878,5 +1048,26 @@ check = "none"
     assert_eq!(
         e.value("splicer_listener_connections_total", &[("listener", "in")]),
         Some(1.0)
+    );
+    // A failed connect is no connect time; the client's connection still had a duration.
+    assert_eq!(
+        e.value("splicer_backend_connect_duration_seconds_count", &backend),
+        Some(0.0)
+    );
+    wait_until(
+        WAIT,
+        "the refused client's duration to be recorded",
+        || async {
+            scrape(&splicer).value(
+                "splicer_listener_connection_duration_seconds_count",
+                &[("listener", "in")],
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    // max_connections left at its default.
+    assert_eq!(
+        e.value("splicer_listener_max_connections", &[("listener", "in")]),
+        Some(0.0)
     );
 }

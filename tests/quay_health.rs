@@ -431,6 +431,36 @@ async fn a_nodes_own_failure_during_a_shared_outage_still_ejects_it() {
     assert_eq!(pool_status(admin).await["shared_outage"], json!([]));
 }
 
+/// DESIGN.md §10: the services a Quay health body reports are shown whether or not the pool
+/// names `shared_dependencies` — they are how an operator sees why a machine is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_shared_dependencies_services_are_still_reported() {
+    let (rig, splicer, nodes) = start(2, "").await;
+    let admin = splicer.admin;
+    set_node(&rig, 1, r#"{"status":503,"failing":["disk_space"]}"#).await;
+    wait_states(admin, &nodes, &["down", "up"], "node 1 ejected").await;
+
+    let p = pool_status(admin).await;
+    let sick = &backend(&p, nodes[0])["last_check"]["services"];
+    assert_eq!(sick["disk_space"], json!(false), "{p}");
+    assert_eq!(sick["database"], json!(true), "{p}");
+    let fine = &backend(&p, nodes[1])["last_check"]["services"];
+    assert_eq!(fine["disk_space"], json!(true), "{p}");
+
+    let m = metrics_text(admin).await;
+    let service_up = |node: SocketAddr, service: &str| {
+        metric_value(
+            &m,
+            &format!(
+                r#"splicer_backend_service_up{{pool="quay",backend="{node}",service="{service}"}}"#
+            ),
+        )
+    };
+    assert_eq!(service_up(nodes[0], "disk_space"), Some(0.0), "{m}");
+    assert_eq!(service_up(nodes[0], "database"), Some(1.0), "{m}");
+    assert_eq!(service_up(nodes[1], "disk_space"), Some(1.0), "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_shared_dependencies_an_all_503_cluster_is_ejected() {
     let (rig, splicer, nodes) = start(3, "").await;

@@ -10,49 +10,8 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::histogram::{CheckDurations, ConnectDurations};
 use crate::net::connect::ConnectFailure;
-
-/// Upper bounds (seconds) of the health-check duration histogram: checks take from well under
-/// a millisecond on a LAN to the whole timeout, and Quay's own check can take seconds.
-pub const CHECK_DURATION_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-/// A fixed-bucket histogram of check durations, lock-free so `/metrics` never waits on it.
-#[derive(Debug, Default)]
-pub struct CheckDurations {
-    /// Observations at or below each bound of `CHECK_DURATION_BUCKETS` (not cumulative).
-    buckets: [AtomicU64; CHECK_DURATION_BUCKETS.len()],
-    /// Observations above the last bound.
-    overflow: AtomicU64,
-    /// Sum of observations, in microseconds.
-    sum_micros: AtomicU64,
-}
-
-impl CheckDurations {
-    fn observe(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        match CHECK_DURATION_BUCKETS.iter().position(|&b| secs <= b) {
-            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
-            None => self.overflow.fetch_add(1, Ordering::Relaxed),
-        };
-        self.sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// (sum in seconds, count, cumulative counts per bound of `CHECK_DURATION_BUCKETS`).
-    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
-        let mut out = Vec::with_capacity(CHECK_DURATION_BUCKETS.len());
-        for (i, bound) in CHECK_DURATION_BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            out.push((*bound, cumulative));
-        }
-        let count = cumulative + self.overflow.load(Ordering::Relaxed);
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (sum, count, out)
-    }
-}
 
 /// Administrative and health state of a backend, as shown on `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +69,7 @@ pub struct CheckRecord {
     pub error: Option<String>,
     /// When it finished.
     pub at: SystemTime,
-    /// Services the health body reported (pools with `shared_dependencies` only).
+    /// Services the health body reported, when it was a Quay health document.
     pub services: Option<crate::health::quay::Services>,
 }
 
@@ -133,6 +92,7 @@ pub struct Backend {
     checks_passed: AtomicU64,
     checks_failed: AtomicU64,
     check_duration: CheckDurations,
+    connect_duration: ConnectDurations,
     bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
     last_check: Mutex<Option<CheckRecord>>,
@@ -157,6 +117,7 @@ impl Backend {
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             check_duration: CheckDurations::default(),
+            connect_duration: ConnectDurations::default(),
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             last_check: Mutex::new(None),
@@ -253,6 +214,16 @@ impl Backend {
     /// Distribution of health-check durations.
     pub fn check_durations(&self) -> &CheckDurations {
         &self.check_duration
+    }
+
+    /// Distribution of successful data-path connect times.
+    pub fn connect_durations(&self) -> &ConnectDurations {
+        &self.connect_duration
+    }
+
+    /// Records how long a successful data-path connect took.
+    pub fn record_connect_duration(&self, took: Duration) {
+        self.connect_duration.observe(took);
     }
 
     /// Only the pool supervisor counts checks.

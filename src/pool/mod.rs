@@ -20,9 +20,7 @@ use crate::config::PoolConfig;
 use crate::health::cluster::ClusterHealth;
 use crate::net::connect::ConnectFailure;
 
-pub use backend::{
-    Backend, BackendState, CheckDurations, CheckRecord, Lease, CHECK_DURATION_BUCKETS,
-};
+pub use backend::{Backend, BackendState, CheckRecord, Lease};
 pub use live_set::LiveSet;
 pub use supervisor::{start, start_prepared, PreparedProber, Started};
 

@@ -61,7 +61,7 @@ struct Slot {
     /// Stops this backend's check task.
     checks: Option<CancellationToken>,
     initial_pending: bool,
-    /// Services its latest check reported (pools with `shared_dependencies`).
+    /// Services its latest check reported, when its body was a Quay health document.
     services: Option<Services>,
     /// When it last came up, while its slow start lasts.
     ramp_from: Option<Instant>,
@@ -473,12 +473,10 @@ impl Supervisor {
                 .map_or_else(|| "connected".to_string(), |s| format!("status {s}")),
             Err(e) => e.to_string(),
         };
+        // Read whenever the body is a Quay health document, shared_dependencies or not: the
+        // services are how an operator sees why a machine is down (/status, /metrics).
+        let services = quay::parse_services(&outcome.body);
         let shared = !self.config.health.shared_dependencies.is_empty();
-        let services = if shared {
-            quay::parse_services(&outcome.body)
-        } else {
-            None
-        };
         let slot = &mut self.slots[i];
         slot.backend.record_check(pass, outcome.latency);
         slot.backend.set_last_check(CheckRecord {

@@ -6,6 +6,7 @@ pub mod installed;
 pub mod load;
 pub mod peer;
 pub mod process;
+pub mod prometheus;
 
 use std::future::Future;
 use std::net::SocketAddr;
