@@ -14,7 +14,7 @@
 //!                      ├─ net::listener::accept_loop per listener (max_connections backpressure)
 //!                      │     └─► proxy::serve per connection: pick (balance) → net::connect
 //!                      │           (retries) → net::pump (both ways) → access log
-//!                      └─ admin::serve (hyper): /health, /ready, /status
+//!                      └─ admin::serve (hyper): /health, /ready, /status, the dashboard at /
 //! ```
 //!
 //! Who owns what: `app` owns the tokens and task trackers (and so shutdown); each pool's

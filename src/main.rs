@@ -676,7 +676,7 @@ Try, in another terminal:
   for i in 1 2 3 4 5 6; do curl -sk https://{lb}/; done
 {verified_curl}  # the certificate is the node's own: splicer does not terminate TLS
   openssl s_client -connect {lb} </dev/null 2>/dev/null | grep subject=
-  # backend states as splicer sees them
+  # backend states as splicer sees them, or open the dashboard, http://{admin}/, in a browser
   curl -s http://{admin}/status
   # node 2 starts failing its health check: it leaves within ~2.5 s (fall = 2, interval 1 s)
   curl -s -X POST -d 503 http://{control}/nodes/2/health

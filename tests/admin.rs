@@ -519,6 +519,7 @@ async fn wrong_method_is_405_and_unknown_path_is_404_both_json() {
         ("POST", "/status"),
         ("PUT", "/status"),
         ("DELETE", "/ready"),
+        ("POST", "/"),
     ] {
         let (code, content_type, body) = exchange(s.admin, method, path).await;
         assert_eq!(code, 405, "{method} {path}: {body}");
@@ -529,7 +530,7 @@ async fn wrong_method_is_405_and_unknown_path_is_404_both_json() {
     }
     for (method, path) in [
         ("GET", "/nope"),
-        ("GET", "/"),
+        ("GET", "/index.html"),
         ("GET", "/status/extra"),
         ("POST", "/nope"),
     ] {

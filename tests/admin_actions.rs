@@ -278,7 +278,7 @@ async fn unknown_pools_backends_addresses_actions_and_paths_are_404() {
         ("GET", "/pools".to_string(), "unknown path"),
         ("GET", "/nope".to_string(), "unknown path"),
         ("POST", "/nope".to_string(), "unknown path"),
-        ("GET", "/".to_string(), "unknown path"),
+        ("GET", "/index.html".to_string(), "unknown path"),
     ];
     for (method, path, what) in &cases {
         let answer = request(splicer.admin, method, path, &[]).await;

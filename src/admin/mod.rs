@@ -1,7 +1,9 @@
 //! The admin HTTP API: one hyper service with a single `match (method, path)`. Reads go to
 //! atomics and snapshots; actions and reloads are messages to the pool supervisors and the app,
-//! so nothing here can stall the data path.
+//! so nothing here can stall the data path. `GET /` is the dashboard (`dashboard.rs`), a page
+//! that uses the same endpoints from the operator's browser.
 
+mod dashboard;
 mod guard;
 mod status;
 
@@ -237,6 +239,8 @@ async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<F
     let is_read = method == Method::GET || method == Method::HEAD;
     let is_post = method == Method::POST;
     match segs.as_slice() {
+        [] if is_read => dashboard_page(),
+        [] => method_not_allowed("GET, HEAD"),
         ["health"] if is_read => text(StatusCode::OK, "ok\n"),
         ["ready"] if is_read => {
             if state.is_ready() {
@@ -366,6 +370,43 @@ async fn backend_action(
         Err(e @ AdminError::Removed { .. }) => error(StatusCode::CONFLICT, &e.to_string()),
         Err(e @ AdminError::Stopped(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
+}
+
+/// The dashboard page, with headers that keep it from being framed, cached, sniffed as
+/// something else or made to run anything but its own inline script.
+fn dashboard_page() -> Response<Full<Bytes>> {
+    let mut resp = respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        Bytes::from_static(dashboard::PAGE.as_bytes()),
+    );
+    let headers = resp.headers_mut();
+    // The policy is ASCII built from base64 hashes; should it ever not be a valid header
+    // value, serve no page rather than a page without its policy.
+    let Ok(policy) = HeaderValue::from_str(&dashboard::POLICY) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the dashboard's Content-Security-Policy is not a valid header value",
+        );
+    };
+    headers.insert(hyper::header::CONTENT_SECURITY_POLICY, policy);
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        hyper::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        hyper::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
