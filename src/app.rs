@@ -2,6 +2,7 @@
 //! listeners and the admin API, and applies reloads as a diff. Owns the cancellation tokens and
 //! task trackers, and so the order of start-up, reload and shutdown.
 
+mod membership;
 mod reload;
 
 use std::net::SocketAddr;
@@ -159,10 +160,14 @@ struct Control {
     admin: Option<Arc<TcpListener>>,
 }
 
-/// The admin decisions kept in `runtime.state_file`, and the path they go to.
+/// The admin decisions and runtime members kept in `runtime.state_file` (in memory too when
+/// there is no file: runtime members then still survive reloads), and the path they go to.
 struct Persisted {
     path: Option<std::path::PathBuf>,
     state: state_file::State,
+    /// The config file's pools as last loaded: which members are the file's own (membership
+    /// changes cannot take the `control` lock, which a reload holds while it waits for this one).
+    file_pools: Vec<crate::config::PoolConfig>,
 }
 
 /// What the admin API reads and drives: the running parts and the process's readiness.
@@ -361,38 +366,15 @@ impl AppState {
         tracing::error!(error = %error, "cannot record the admin decision in the state file; it applies until the next start only");
     }
 
-    /// Reads the state file and applies its decisions (at start, before listeners open).
-    /// `persisted` is held from before the admin API accepts: an action arriving during
-    /// start-up waits, and then applies over the restored state instead of writing a file
-    /// without it.
-    async fn restore_state_file(&self, mut persisted: tokio::sync::MutexGuard<'_, Persisted>) {
+    /// Applies the decisions of the state file read at start (before listeners open; its
+    /// runtime members were already part of the pools' start-up round). `persisted` is held
+    /// from before the admin API accepts: an action arriving during start-up waits, and then
+    /// applies over the restored state instead of writing a file without it.
+    async fn restore_state_file(&self, persisted: tokio::sync::MutexGuard<'_, Persisted>) {
         let Some(path) = persisted.path.clone() else {
             return;
         };
-        let read_path = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            let stale = state_file::remove_stale_temps(&read_path);
-            if stale > 0 {
-                tracing::info!(path = %read_path.display(), stale, "removed temp files of state-file writes cut short");
-            }
-            state_file::load(&read_path)
-        })
-        .await;
-        let state = match loaded {
-            Ok(Ok(state)) => state,
-            Ok(Err(e)) => {
-                self.state_file_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(path = %path.display(), error = %error_chain(&e),
-                    "state file ignored: starting from the config's state");
-                return;
-            }
-            Err(e) => {
-                self.state_file_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(path = %path.display(), error = %e, "state file reader failed; ignored");
-                return;
-            }
-        };
-        for d in &state.backends {
+        for d in &persisted.state.backends {
             let action = match d.state {
                 Decision::Draining => AdminAction::Drain,
                 Decision::Disabled => AdminAction::Disable,
@@ -409,7 +391,6 @@ impl AppState {
                     "the state file names a backend the config does not have; kept for later"),
             }
         }
-        persisted.state = state;
     }
 
     /// Starts a new splicer from the executable path recorded at start, hands it every
@@ -540,11 +521,15 @@ pub async fn start_with(
     let background = TaskTracker::new();
     let stop_background = CancellationToken::new();
 
+    // Read before the pools start: members added or removed through the admin API take part
+    // in the start-up round like the file's own, and a removed one never sees a client.
+    let (restored, state_file_errors) =
+        membership::read_state_file(config.runtime.state_file.as_deref()).await;
     let mut pools = Vec::with_capacity(config.pools.len());
     let mut initial_rounds = Vec::new();
     for p in &config.pools {
         let started = pool::start(
-            p.clone(),
+            membership::effective_pool(p, &restored),
             config.runtime.drain_timeout,
             true,
             &background,
@@ -597,9 +582,10 @@ pub async fn start_with(
         upgrades_failed: AtomicU64::new(0),
         persisted: tokio::sync::Mutex::new(Persisted {
             path: config.runtime.state_file.clone(),
-            state: state_file::State::default(),
+            state: restored,
+            file_pools: config.pools.clone(),
         }),
-        state_file_errors: AtomicU64::new(0),
+        state_file_errors: AtomicU64::new(state_file_errors),
     });
 
     // Taken before the admin API accepts, released once the state file is restored.

@@ -26,6 +26,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod backend_cmd;
 pub mod balance;
 pub mod config;
 pub mod console;

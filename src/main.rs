@@ -91,6 +91,10 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Add, remove, drain, disable or enable a backend of a running instance (admin API).
+    ///
+    /// Exit status: 0 done, 1 refused (or --wait ran out of time), 2 usage error.
+    Backend(splicer::backend_cmd::BackendArgs),
     /// A simulated cluster on loopback with splicer in front, and what to try.
     Demo {
         /// Number of simulated nodes.
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
             token_file,
             timeout,
         } => upgrade(&admin, token_file.as_deref(), timeout),
+        Command::Backend(args) => backend(&args),
         Command::Run { config } => {
             // Before any thread exists: these read and clear environment variables.
             let (mut inherited, inherit_warnings) = Inherited::from_env();
@@ -534,6 +539,22 @@ fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration)
                 StatusCmdError::BadUrl { .. } => ExitCode::from(EXIT_CONFIG),
                 _ => ExitCode::from(EXIT_RUNTIME),
             }
+        }
+    }
+}
+
+/// `splicer backend ...`: the outcome on stdout, progress and refusals on stderr.
+fn backend(args: &splicer::backend_cmd::BackendArgs) -> ExitCode {
+    let runtime = match client_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let mut progress = |line: &str| say!("{line}");
+    match runtime.block_on(splicer::backend_cmd::run(args, &mut progress)) {
+        Ok(text) => stdout(&text).unwrap_or(ExitCode::SUCCESS),
+        Err(failure) => {
+            say!("splicer: {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
 }

@@ -11,7 +11,7 @@ use std::net::Ipv6Addr;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{HeaderValue, ACCEPT, CONNECTION, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -338,6 +338,19 @@ pub async fn request(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, Bytes), StatusCmdError> {
+    request_with(admin, method, path, token, None, timeout).await
+}
+
+/// [`request`] to any `path` (already percent-encoded where needed), with a JSON `body` if
+/// given: for `splicer backend`, whose paths name a pool and a backend.
+pub async fn request_with(
+    admin: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    json_body: Option<Bytes>,
+    timeout: Duration,
+) -> Result<(u16, Bytes), StatusCmdError> {
     let target = AdminUrl::parse(admin)?;
     let url = target.url();
     let deadline = Instant::now() + timeout;
@@ -349,7 +362,7 @@ pub async fn request(
     let stream = tokio::time::timeout_at(deadline, connect(&target, &url))
         .await
         .map_err(|_| timed_out(false))??;
-    let exchange = exchange(stream, &target, &url, method, path, token);
+    let exchange = exchange(stream, &target, &url, method, path, token, json_body);
     let (status, body) = tokio::time::timeout_at(deadline, exchange)
         .await
         .map_err(|_| timed_out(true))??;
@@ -362,8 +375,9 @@ async fn exchange(
     target: &AdminUrl,
     url: &str,
     method: Method,
-    path: &'static str,
+    path: &str,
     token: Option<&str>,
+    json_body: Option<Bytes>,
 ) -> Result<(StatusCode, Bytes), StatusCmdError> {
     let protocol = |source: Box<dyn StdError + Send + Sync>| StatusCmdError::Protocol {
         url: url.to_owned(),
@@ -371,7 +385,7 @@ async fn exchange(
         source,
     };
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
             .await
             .map_err(|e| protocol(Box::new(e)))?;
     // The driver's own failure also surfaces through `send_request` or the body.
@@ -383,10 +397,21 @@ async fn exchange(
         url: url.to_owned(),
         reason: "the host is not a valid Host header".into(),
     })?;
-    let mut request = Request::new(Empty::<Bytes>::new());
+    let uri = Uri::try_from(path).map_err(|_| StatusCmdError::BadUrl {
+        url: url.to_owned(),
+        reason: format!("{path:?} is not a valid request path"),
+    })?;
+    let has_body = json_body.is_some();
+    let mut request = Request::new(Full::new(json_body.unwrap_or_default()));
     *request.method_mut() = method;
-    *request.uri_mut() = Uri::from_static(path);
+    *request.uri_mut() = uri;
     let headers = request.headers_mut();
+    if has_body {
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     if let Some(token) = token {
         let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
             StatusCmdError::BadUrl {

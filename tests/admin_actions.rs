@@ -273,7 +273,6 @@ async fn unknown_pools_backends_addresses_actions_and_paths_are_404() {
             format!("{}/now", action_path("p", &name, "drain")),
             "too long",
         ),
-        ("POST", format!("/pools/p/backends/{name}"), "no action"),
         ("GET", "/pools/p".to_string(), "unknown path"),
         ("GET", "/pools".to_string(), "unknown path"),
         ("GET", "/nope".to_string(), "unknown path"),
@@ -307,6 +306,10 @@ async fn wrong_methods_are_405_with_allow() {
     }
     for method in ["GET", "PUT", "DELETE"] {
         cases.push((method, "/reload".to_string(), "POST"));
+    }
+    // A backend itself is removed by DELETE (membership, tests/membership.rs); it has no POST.
+    for method in ["GET", "POST", "PUT"] {
+        cases.push((method, format!("/pools/p/backends/{name}"), "DELETE"));
     }
     for path in ["/health", "/ready", "/status", "/metrics"] {
         for method in ["POST", "PUT", "DELETE"] {

@@ -5,6 +5,7 @@
 
 mod dashboard;
 mod guard;
+mod membership;
 mod status;
 
 use guard::Arrival;
@@ -203,10 +204,10 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
 
 /// Methods this API implements anywhere; others are 501.
 fn is_known_method(m: &Method) -> bool {
-    m == Method::GET || m == Method::HEAD || m == Method::POST
+    m == Method::GET || m == Method::HEAD || m == Method::POST || m == Method::DELETE
 }
 
-/// Checks a POST must pass before it acts: same origin (403), then the token (401).
+/// Checks a POST (or DELETE) must pass before it acts: same origin (403), then the token (401).
 fn refuse_post(
     state: &AppState,
     at: Arrival,
@@ -298,6 +299,24 @@ async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<F
             }
         }
         ["upgrade"] => method_not_allowed("POST"),
+        ["pools", pool, "backends"] => {
+            if !is_post {
+                return method_not_allowed("POST");
+            }
+            if let Some(refused) = refuse_post(state, at, &req) {
+                return refused;
+            }
+            membership::add(state, pool, req.body()).await
+        }
+        ["pools", pool, "backends", address] => {
+            if method != Method::DELETE {
+                return method_not_allowed("DELETE");
+            }
+            if let Some(refused) = refuse_post(state, at, &req) {
+                return refused;
+            }
+            membership::remove(state, pool, address).await
+        }
         ["pools", pool, "backends", address, action] => {
             let action = match *action {
                 "drain" => AdminAction::Drain,
@@ -326,7 +345,7 @@ fn not_found(method: &Method, path: &str) -> Response<Full<Bytes>> {
         );
         resp.headers_mut().insert(
             hyper::header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST"),
+            HeaderValue::from_static("GET, HEAD, POST, DELETE"),
         );
         return resp;
     }
@@ -367,7 +386,10 @@ async fn backend_action(
         Err(e @ (AdminError::UnknownBackend { .. } | AdminError::UnknownPool(_))) => {
             error(StatusCode::NOT_FOUND, &e.to_string())
         }
-        Err(e @ AdminError::Removed { .. }) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(
+            e
+            @ (AdminError::Removed { .. } | AdminError::Exists { .. } | AdminError::Discovered(_)),
+        ) => error(StatusCode::CONFLICT, &e.to_string()),
         Err(e @ AdminError::Stopped(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::{error_chain, route_pools, AppState, Control, ReloadReport};
+use super::{error_chain, membership, route_pools, AppState, Control, ReloadReport};
 use crate::access_log::AccessLog;
 use crate::config::{self, diff, Config};
 use crate::net::listener;
@@ -108,6 +108,9 @@ impl AppState {
             })?;
             fresh_sockets.push((name.clone(), Arc::new(socket)));
         }
+        // Held from here to the end: membership changes through the admin API wait, so the
+        // members recorded in the state file and those the pools run stay the same.
+        let mut persisted = self.persisted.lock().await;
         let mut started = Vec::new();
         for name in &d.pools_added {
             let Some(pc) = new.pool(name) else { continue };
@@ -115,7 +118,7 @@ impl AppState {
                 .remove(name)
                 .unwrap_or_else(|| PreparedProber::build(pc));
             match pool::start_prepared(
-                pc.clone(),
+                membership::effective_pool(pc, &persisted.state),
                 prober,
                 drain_timeout,
                 false,
@@ -149,8 +152,10 @@ impl AppState {
                 // A new drain_timeout alone changes no pool setting, but the supervisor uses
                 // it for the next drain, so it must hear of it too.
                 if d.pools_changed.contains(&pc.name) || drain_timeout_changed {
+                    // Runtime members stay: the file changes only what it changed.
+                    let effective = membership::effective_pool(pc, &persisted.state);
                     let prober = probers.remove(&pc.name);
-                    p.reconfigure(pc.clone(), drain_timeout, prober).await;
+                    p.reconfigure(effective, drain_timeout, prober).await;
                 }
                 pools.push(p.clone());
             }
@@ -163,6 +168,31 @@ impl AppState {
                 p.retire(drain_timeout);
             }
         }
+        // Only what joined: not a file member that stays out for its removal through the admin
+        // API, nor one the API had already added (before the file takes it over below).
+        let runtime_member = |pb: &String| {
+            let named = |pool: &str, address: SocketAddr| *pb == format!("{pool}/{address}");
+            persisted
+                .state
+                .removed
+                .iter()
+                .any(|r| named(&r.pool, r.address))
+                || persisted
+                    .state
+                    .added
+                    .iter()
+                    .any(|a| named(&a.pool, a.address))
+        };
+        let backends_added: Vec<String> = d
+            .backends_added
+            .iter()
+            .filter(|pb| !runtime_member(pb))
+            .cloned()
+            .collect();
+        if membership::adopt_file(&mut persisted, &new.pools) {
+            self.write_state_file(&persisted).await;
+        }
+        drop(persisted);
         // Removed pools stay listed (as draining) until their last connection ends.
         pools.extend(
             old_pools
@@ -265,7 +295,7 @@ impl AppState {
         let report = ReloadReport {
             listeners_added: d.listeners_added.clone(),
             listeners_removed: d.listeners_removed.clone(),
-            backends_added: d.backends_added.clone(),
+            backends_added,
             backends_removed: d.backends_removed.clone(),
             settings_changed: d.settings_changed.clone(),
         };

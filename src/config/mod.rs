@@ -36,6 +36,29 @@ pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     validate::socket_addr(s)
 }
 
+/// Parses a backend address as a `backends` entry of the config file is read: [`parse_address`]
+/// and not port 0. The admin API validates backends added at run time with it.
+pub fn parse_backend_address(s: &str) -> Result<SocketAddr, String> {
+    validate::backend_addr(s)
+}
+
+/// Largest backend weight: enough for "ten times that machine", small enough that smooth
+/// weighted round robin's counters stay tiny.
+pub const MAX_BACKEND_WEIGHT: u32 = 256;
+
+/// Checks a backend weight against the bounds the config file applies (1 to
+/// [`MAX_BACKEND_WEIGHT`]).
+pub fn check_backend_weight(weight: i64) -> Result<u32, String> {
+    let why = "it is a relative share of new connections";
+    match u32::try_from(weight) {
+        Ok(w) if (1..=MAX_BACKEND_WEIGHT).contains(&w) => Ok(w),
+        _ if weight < 1 => Err(format!("weight must be at least 1, not {weight}; {why}")),
+        _ => Err(format!(
+            "weight must be at most {MAX_BACKEND_WEIGHT}, not {weight}; {why}"
+        )),
+    }
+}
+
 /// Validates `text` as a config file; `path` names it in messages and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     validate::validate(path, text)
@@ -664,6 +687,31 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_addresses_and_weights_as_the_file_reads_them() {
+        assert_eq!(
+            parse_backend_address("10.0.0.14:443"),
+            Ok("10.0.0.14:443".parse().unwrap())
+        );
+        for (input, phrase) in [
+            ("10.0.0.14:0", "port 0"),
+            ("10.0.0.14:0443", "leading zero"),
+            ("quay.internal:443", "hostname"),
+            ("10.0.0.14", "no port"),
+        ] {
+            let e = parse_backend_address(input).unwrap_err();
+            assert!(e.contains(phrase), "{input}: {e}");
+        }
+        assert_eq!(check_backend_weight(1), Ok(1));
+        assert_eq!(check_backend_weight(256), Ok(256));
+        assert!(check_backend_weight(0).unwrap_err().contains("at least 1"));
+        assert!(check_backend_weight(-3).unwrap_err().contains("at least 1"));
+        assert!(check_backend_weight(257)
+            .unwrap_err()
+            .contains("at most 256"));
+        assert!(check_backend_weight(i64::MAX).is_err());
+    }
 
     #[test]
     fn durations() {

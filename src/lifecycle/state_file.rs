@@ -1,5 +1,6 @@
-//! `runtime.state_file`: the operator's decisions (drain, disable) that must outlive the
-//! process, so a restart or an upgrade does not put a drained machine back into rotation.
+//! `runtime.state_file`: the operator's decisions (drain, disable) and the members added or
+//! removed through the admin API, which must outlive the process, so a restart or an upgrade
+//! does not put a drained or removed machine back into rotation, nor forget an added one.
 //! Written whole on every change (temp file, fsync, rename, fsync of the directory), so a crash
 //! at any moment leaves either the old file or the new one; read at start, where anything
 //! wrong with it is reported and ignored, never fatal.
@@ -10,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Format version written in the file; a newer one is refused rather than misread.
+/// Format version written in the file; a newer one is refused rather than misread. The
+/// membership lists (`added`, `removed`) came later as optional fields: files without them are
+/// still version 1 and read as before, and they are written only when not empty, so a file of
+/// decisions alone is byte for byte what an older splicer writes and reads.
 const VERSION: u32 = 1;
 
 /// Longest state file read: far beyond any real one, small enough that a wrong path (a log
@@ -39,6 +43,29 @@ pub struct BackendDecision {
     pub state: Decision,
 }
 
+/// A backend added through the admin API to a pool whose file does not list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedBackend {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub address: SocketAddr,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// A backend of the config file removed through the admin API: it stays out across reloads
+/// and restarts until it is added back through the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedBackend {
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub address: SocketAddr,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +76,12 @@ pub struct State {
     /// Decisions in force, one per backend.
     #[serde(default)]
     pub backends: Vec<BackendDecision>,
+    /// Members added through the admin API (not in the file), in the order they were added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<AddedBackend>,
+    /// Members of the file removed through the admin API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedBackend>,
 }
 
 impl State {
@@ -79,6 +112,83 @@ impl State {
             }
             (None, None) => false,
         }
+    }
+
+    /// Records that `pool/address` joined through the admin API: a backend of the file
+    /// (`in_file`) is no longer removed; any other is added with `weight`. Its old decision
+    /// goes: a machine that joins starts from its checks. Returns whether anything changed.
+    pub fn record_added(
+        &mut self,
+        pool: &str,
+        address: SocketAddr,
+        weight: u32,
+        in_file: bool,
+    ) -> bool {
+        let mut changed = self.set(pool, address, None);
+        if in_file {
+            let before = self.removed.len();
+            self.removed
+                .retain(|r| !(r.pool == pool && r.address == address));
+            changed |= before != self.removed.len();
+        } else {
+            match self
+                .added
+                .iter_mut()
+                .find(|a| a.pool == pool && a.address == address)
+            {
+                Some(a) if a.weight == weight => {}
+                Some(a) => {
+                    a.weight = weight;
+                    changed = true;
+                }
+                None => {
+                    self.added.push(AddedBackend {
+                        pool: pool.to_string(),
+                        address,
+                        weight,
+                    });
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Records that `pool/address` left through the admin API: a backend of the file
+    /// (`in_file`) is remembered as removed; one added through the API is forgotten. Its
+    /// decision goes with it. Returns whether anything changed.
+    pub fn record_removed(&mut self, pool: &str, address: SocketAddr, in_file: bool) -> bool {
+        let mut changed = self.set(pool, address, None);
+        let before = self.added.len();
+        self.added
+            .retain(|a| !(a.pool == pool && a.address == address));
+        changed |= before != self.added.len();
+        let listed = self
+            .removed
+            .iter()
+            .any(|r| r.pool == pool && r.address == address);
+        if in_file && !listed {
+            self.removed.push(RemovedBackend {
+                pool: pool.to_string(),
+                address,
+            });
+            changed = true;
+        }
+        changed
+    }
+
+    /// Forgets the members added through the API that `pool`'s file now lists itself (the
+    /// file's entry wins, with its weight). Returns the addresses forgotten.
+    pub fn forget_added_in_file(&mut self, pool: &str, file: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut forgotten = Vec::new();
+        self.added.retain(|a| {
+            let owned = a.pool == pool && file.contains(&a.address);
+            if owned {
+                forgotten.push(a.address);
+            }
+            !owned
+        });
+        forgotten
     }
 }
 
@@ -172,7 +282,7 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateFileError> {
     };
     let doc = State {
         version: VERSION,
-        backends: state.backends.clone(),
+        ..state.clone()
     };
     let mut text =
         serde_json::to_vec_pretty(&doc).map_err(|e| write_err(std::io::Error::other(e)))?;
@@ -251,6 +361,71 @@ mod tests {
         assert!(s.set("q", addr("127.0.0.2:443"), None));
         assert!(!s.set("q", addr("127.0.0.2:443"), None));
         assert_eq!(s.backends.len(), 1);
+    }
+
+    #[test]
+    fn membership_is_recorded_once_and_clears_decisions() {
+        let (a, b) = (addr("10.0.0.14:443"), addr("10.0.0.11:443"));
+        let mut s = State::default();
+        assert!(s.record_added("q", a, 2, false));
+        assert!(!s.record_added("q", a, 2, false));
+        assert!(s.record_added("q", a, 3, false), "a new weight is a change");
+        assert_eq!(s.added.len(), 1);
+        assert_eq!(s.added[0].weight, 3);
+        // A drained API member that leaves takes its decision along.
+        assert!(s.set("q", a, Some(Decision::Draining)));
+        assert!(s.record_removed("q", a, false));
+        assert!(s.added.is_empty() && s.backends.is_empty() && s.removed.is_empty());
+        assert!(!s.record_removed("q", a, false));
+        // A file member: removed until added back.
+        assert!(s.record_removed("q", b, true));
+        assert!(!s.record_removed("q", b, true));
+        assert_eq!(s.removed.len(), 1);
+        assert!(s.record_added("q", b, 1, true));
+        assert!(s.removed.is_empty() && s.added.is_empty());
+        // The file taking over an added member.
+        s.record_added("q", a, 1, false);
+        s.record_added("other", a, 1, false);
+        assert_eq!(s.forget_added_in_file("q", &[a, b]), vec![a]);
+        assert_eq!(s.added.len(), 1);
+        assert_eq!(s.added[0].pool, "other");
+    }
+
+    #[test]
+    fn membership_lists_are_optional_in_both_directions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        // A file of decisions alone is written without the new lists...
+        let mut s = State::default();
+        s.set("q", addr("10.0.0.11:443"), Some(Decision::Draining));
+        save(&path, &s).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            !text.contains("added") && !text.contains("removed"),
+            "{text}"
+        );
+        // ...a file written before they existed reads as before...
+        std::fs::write(
+            &path,
+            r#"{"version":1,"backends":[{"pool":"q","address":"10.0.0.11:443","state":"disabled"}]}"#,
+        )
+        .expect("write");
+        let old = load(&path).expect("an old file loads");
+        assert_eq!(old.backends.len(), 1);
+        assert!(old.added.is_empty() && old.removed.is_empty());
+        // ...and the lists round-trip.
+        s.record_added("q", addr("10.0.0.14:443"), 2, false);
+        s.record_removed("q", addr("10.0.0.12:443"), true);
+        save(&path, &s).expect("save");
+        let back = load(&path).expect("load");
+        assert_eq!((back.added, back.removed), (s.added, s.removed));
+        std::fs::write(
+            &path,
+            r#"{"version":1,"added":[{"pool":"q","address":"10.0.0.14:443"}]}"#,
+        )
+        .expect("write");
+        let e = load(&path).expect_err("an added member needs its weight");
+        assert!(e.to_string().contains("weight"), "{e}");
     }
 
     #[test]

@@ -71,6 +71,17 @@ pub enum AdminError {
     /// The pool is shutting down (removed by reload, or the process is stopping).
     #[error("pool {0} is shutting down")]
     Stopped(String),
+    /// The pool already has a backend at that address (membership change).
+    #[error("pool {pool} already has backend {address}")]
+    Exists {
+        /// Pool name.
+        pool: String,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// The pool's members come from DNS (`discover`), so they are not changed by hand.
+    #[error("pool {0} takes its members from DNS (discover); change the DNS records instead")]
+    Discovered(String),
 }
 
 /// What a reconfiguration changed in one pool.
@@ -105,6 +116,17 @@ pub(crate) enum Command {
     },
     /// The pool was removed by a reload: drain everything, then stop.
     Retire { drain_timeout: Duration },
+    /// A member added at run time (admin API); it joins like one a reload adds.
+    AddBackend {
+        address: SocketAddr,
+        weight: u32,
+        reply: oneshot::Sender<Result<Arc<Backend>, AdminError>>,
+    },
+    /// A member removed at run time (admin API); it drains like one a reload removes.
+    RemoveBackend {
+        address: SocketAddr,
+        reply: oneshot::Sender<Result<(), AdminError>>,
+    },
 }
 
 /// One pool of backends.
@@ -212,6 +234,37 @@ impl Pool {
                 action,
                 reply,
             })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Adds a member at `address` (admin API): it starts down and needs `rise` passes, as a
+    /// backend a reload adds. Refused for an existing member and for a pool fed by DNS.
+    pub async fn add_backend(
+        &self,
+        address: SocketAddr,
+        weight: u32,
+    ) -> Result<Arc<Backend>, AdminError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || AdminError::Stopped(self.name.to_string());
+        self.commands
+            .send(Command::AddBackend {
+                address,
+                weight,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Removes the member at `address` (admin API): it drains, and leaves once its last
+    /// connection ends or `drain_timeout` passes, as a backend a reload removes. A backend
+    /// already leaving is no error.
+    pub async fn remove_backend(&self, address: SocketAddr) -> Result<(), AdminError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || AdminError::Stopped(self.name.to_string());
+        self.commands
+            .send(Command::RemoveBackend { address, reply })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }

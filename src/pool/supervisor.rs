@@ -551,7 +551,85 @@ impl Supervisor {
                 let _ = reply.send(self.reconfigure(*config, drain_timeout, prober));
             }
             Command::Retire { drain_timeout } => self.retire(drain_timeout),
+            Command::AddBackend {
+                address,
+                weight,
+                reply,
+            } => {
+                let _ = reply.send(self.on_add(address, weight));
+            }
+            Command::RemoveBackend { address, reply } => {
+                let _ = reply.send(self.on_remove(address));
+            }
         }
+    }
+
+    /// The members that stay (not removed), with their weights, in order.
+    fn kept_members(&self) -> Vec<(SocketAddr, u32)> {
+        self.slots
+            .iter()
+            .filter(|s| !s.removed)
+            .map(|s| (s.backend.address, s.backend.weight()))
+            .collect()
+    }
+
+    /// A member added through the admin API: the same path as a reload's new member (down,
+    /// `rise` passes to come up); one still draining after its removal comes back with its
+    /// health, as it would from a reload.
+    fn on_add(&mut self, address: SocketAddr, weight: u32) -> Result<Arc<Backend>, AdminError> {
+        let pool = self.pool.name.to_string();
+        if self.retired {
+            return Err(AdminError::Stopped(pool));
+        }
+        if self.config.discover.is_some() {
+            return Err(AdminError::Discovered(pool));
+        }
+        if self
+            .slot_index(address)
+            .is_some_and(|i| !self.slots[i].removed)
+        {
+            return Err(AdminError::Exists { pool, address });
+        }
+        let mut wanted = self.kept_members();
+        wanted.push((address, weight));
+        self.set_members(wanted, false);
+        let Some(i) = self.slot_index(address) else {
+            // set_members keeps every wanted address; this is a broken invariant, not input.
+            return Err(AdminError::UnknownBackend { pool, address });
+        };
+        let backend = self.slots[i].backend.clone();
+        tracing::info!(pool = %self.pool.name, backend = %address, weight,
+            state = backend.state().as_str(), "backend added through the admin API");
+        Ok(backend)
+    }
+
+    /// A member removed through the admin API: the same path as a reload's removal (draining,
+    /// gone after its last connection or `drain_timeout`).
+    fn on_remove(&mut self, address: SocketAddr) -> Result<(), AdminError> {
+        let pool = self.pool.name.to_string();
+        if self.config.discover.is_some() {
+            return Err(AdminError::Discovered(pool));
+        }
+        let Some(i) = self.slot_index(address) else {
+            return Err(AdminError::UnknownBackend { pool, address });
+        };
+        if self.slots[i].removed {
+            return Ok(());
+        }
+        let wanted = self
+            .kept_members()
+            .into_iter()
+            .filter(|(a, _)| *a != address)
+            .collect();
+        self.set_members(wanted, false);
+        tracing::info!(pool = %self.pool.name, backend = %address,
+            open_connections = self.slots.iter().find(|s| s.backend.address == address)
+                .map_or(0, |s| s.backend.active_connections()),
+            "backend removed through the admin API: draining");
+        if self.slots.iter().all(|s| s.removed) {
+            tracing::warn!(pool = %self.pool.name, "the pool has no members left");
+        }
+        Ok(())
     }
 
     /// Recomputes which shared services are in outage (over enabled backends' latest

@@ -55,7 +55,8 @@ impl Pace {
         self.0.store(micros, Ordering::Relaxed);
     }
 
-    fn get(&self) -> Duration {
+    /// The pause now in force.
+    pub fn get(&self) -> Duration {
         Duration::from_micros(self.0.load(Ordering::Relaxed))
     }
 }

@@ -11,7 +11,7 @@ mod pool;
 mod syntax;
 mod values;
 
-pub(super) use values::socket_addr;
+pub(super) use values::{backend_addr, socket_addr};
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -15,9 +15,8 @@ use crate::config::{
     PoolConfig, SendProxy,
 };
 
-/// Largest backend weight: enough for "ten times that machine", small enough that smooth
-/// weighted round robin's counters stay tiny.
-const MAX_WEIGHT: i64 = 256;
+/// Largest backend weight ([`crate::config::MAX_BACKEND_WEIGHT`]), as the integer reader takes it.
+const MAX_WEIGHT: i64 = crate::config::MAX_BACKEND_WEIGHT as i64;
 
 impl Checker<'_> {
     /// Every pool, with names unique across the file.
@@ -241,11 +240,7 @@ impl Checker<'_> {
     }
 
     fn backend_addr(&mut self, s: &str, offset: usize) -> Option<std::net::SocketAddr> {
-        match values::socket_addr(s) {
-            Ok(a) if a.port() == 0 => {
-                self.report(offset, format!("backend address \"{s}\" has port 0"));
-                None
-            }
+        match values::backend_addr(s) {
             Ok(a) => Some(a),
             Err(e) => {
                 self.report(offset, e);

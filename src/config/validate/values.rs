@@ -6,6 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::StatusMatcher;
 
+/// A backend's address: [`socket_addr`], and not port 0, where nothing can listen.
+pub fn backend_addr(s: &str) -> Result<SocketAddr, String> {
+    match socket_addr(s)? {
+        a if a.port() == 0 => Err(format!("backend address \"{s}\" has port 0")),
+        a => Ok(a),
+    }
+}
+
 /// Parses `ip:port` (IPv6 in brackets); hostnames are refused with a hint, since this version
 /// resolves nothing here (names belong in `pool.discover`, which re-resolves them).
 /// The port must be written canonically: std accepts `10.0.0.1:0443`, which would make two
