@@ -27,6 +27,7 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod cli_docs;
 pub mod config;
 pub mod console;
 pub mod discovery;

@@ -108,6 +108,18 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Shell completions on stdout, e.g. `splicer completions bash > /etc/bash_completion.d/splicer`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// The manual page (roff) on stdout: `splicer man | man -l -`, or `splicer man > splicer.1`.
+    Man {
+        /// A subcommand's own page instead (`splicer man status` is splicer-status(1)).
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// A simulated cluster on loopback with splicer in front, and what to try.
     Demo {
         /// Number of simulated nodes.
@@ -133,6 +145,14 @@ enum Command {
         #[command(flatten)]
         ca: CaArgs,
     },
+}
+
+/// The shells `splicer completions` writes for (DESIGN.md §10).
+#[derive(Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// `--ca-name` and `--ca-out`, shared by `rig` and `demo`.
@@ -203,6 +223,8 @@ fn main() -> ExitCode {
             ..
         } => status_watch(&admin, every),
         Command::Status { admin, json, .. } => status(&admin, json),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { command } => man(&command),
         Command::Upgrade {
             admin,
             token_file,
@@ -446,6 +468,34 @@ fn watch_stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>>
             _ = hup.recv() => {}
         }
     })
+}
+
+/// `splicer completions SHELL`: generated from the same clap definition as the parser.
+fn completions(shell: CompletionShell) -> ExitCode {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let script = splicer::cli_docs::completions(Cli::command(), shell, "splicer");
+    stdout(&script).unwrap_or(ExitCode::SUCCESS)
+}
+
+/// `splicer man [COMMAND...]`: splicer(1), or a subcommand's page, as roff on stdout.
+fn man(path: &[String]) -> ExitCode {
+    use clap::CommandFactory;
+    match splicer::cli_docs::man_page(Cli::command(), path) {
+        Ok(page) => stdout(&page).unwrap_or(ExitCode::SUCCESS),
+        Err(e @ splicer::cli_docs::ManError::UnknownCommand { .. }) => {
+            say!("splicer: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            say!("splicer: {:#}", anyhow::Error::new(e));
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 /// SIGTERM and SIGINT handlers, installed before anything starts so that a signal during
