@@ -66,7 +66,9 @@ EXPOSE 443 9090
 # a backend up or fails open); 503 (no usable backend, or shutting down) or no answer is
 # unhealthy. It needs an [admin] table on port 9090; SPLICER_ADMIN (http://host:port) moves it
 # elsewhere, for this check and for `docker exec splicer splicer status`. `status --ready` asks
-# only /ready and exits 0 or 1, never 2 (which Docker reserves); the image has no curl.
+# only /ready and exits 0 or 1, never 2 (which Docker reserves); the image has no curl. Plain
+# `splicer status` would also fail while one backend is down, which is no reason to take the
+# balancer out of service or restart it (docs/operations.md, "As a container health check").
 ENV SPLICER_ADMIN=http://127.0.0.1:9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
     CMD ["splicer", "status", "--ready"]

@@ -325,16 +325,11 @@ async fn wait(
             .saturating_duration_since(Instant::now())
             .min(POLL_TIMEOUT);
         let last = match status_cmd::fetch(&args.admin, budget).await {
-            Ok(value) => {
-                let doc: Status = serde_json::from_value(value).unwrap_or_default();
-                match progress(args.action, &doc, &args.pool, address) {
-                    Progress::Done(state) => {
-                        return Ok(format!("{} {address} {state}\n", args.pool))
-                    }
-                    Progress::Lost(why) => return Err(Failure::refused(why)),
-                    Progress::Pending(line) => line,
-                }
-            }
+            Ok(doc) => match progress(args.action, &doc, &args.pool, address) {
+                Progress::Done(state) => return Ok(format!("{} {address} {state}\n", args.pool)),
+                Progress::Lost(why) => return Err(Failure::refused(why)),
+                Progress::Pending(line) => line,
+            },
             Err(e) => format!("cannot read /status: {e}"),
         };
         if last != last_said {

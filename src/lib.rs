@@ -28,6 +28,7 @@ pub mod admin;
 pub mod app;
 pub mod backend_cmd;
 pub mod balance;
+pub mod cli_docs;
 pub mod config;
 pub mod console;
 pub mod discovery;

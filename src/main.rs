@@ -68,15 +68,32 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Table of pools and backends from a running instance's admin API (GET /status).
+    /// Table of pools and backends from a running instance's admin API (GET /status). Exit 0
+    /// when every backend not draining or disabled is up and every cluster check passes; 1
+    /// when degraded or the admin API is unreachable (stderr says which); 2 on usage errors.
     Status {
         /// The instance's admin API: http://host:port or host:port.
         #[arg(long, value_name = "URL", env = "SPLICER_ADMIN", default_value = status_cmd::DEFAULT_ADMIN)]
         admin: String,
         /// Only ask GET /ready: exit 0 when it answers 200, else 1 (never 2, which Docker
         /// reserves); for container health checks and scripts.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["json", "watch"])]
         ready: bool,
+        /// Print the /status document as pretty-printed JSON instead of the table (fields
+        /// unknown to this version included); `{"error":"..."}` when the admin API gives no
+        /// answer. The exit code is the same as without it.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Redraw the table every SECS seconds (default 1) until interrupted; one table per
+        /// interval when stdout is not a terminal. Exits with the last sample's code.
+        #[arg(
+            long,
+            value_name = "SECS",
+            num_args = 0..=1,
+            default_missing_value = "1",
+            value_parser = status_cmd::parse_every
+        )]
+        watch: Option<Duration>,
     },
     /// Replace the running splicer with the binary now installed at its path, handing over
     /// its listening sockets (POST /upgrade; same as SIGUSR2).
@@ -95,6 +112,18 @@ enum Command {
     ///
     /// Exit status: 0 done, 1 refused (or --wait ran out of time), 2 usage error.
     Backend(splicer::backend_cmd::BackendArgs),
+    /// Shell completions on stdout, e.g. `splicer completions bash > /etc/bash_completion.d/splicer`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// The manual page (roff) on stdout: `splicer man | man -l -`, or `splicer man > splicer.1`.
+    Man {
+        /// A subcommand's own page instead (`splicer man status` is splicer-status(1)).
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// A simulated cluster on loopback with splicer in front, and what to try.
     Demo {
         /// Number of simulated nodes.
@@ -120,6 +149,14 @@ enum Command {
         #[command(flatten)]
         ca: CaArgs,
     },
+}
+
+/// The shells `splicer completions` writes for (DESIGN.md §10).
+#[derive(Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// `--ca-name` and `--ca-out`, shared by `rig` and `demo`.
@@ -181,11 +218,17 @@ fn main() -> ExitCode {
             let named = config.is_some() || std::env::var_os("SPLICER_CONFIG").is_some();
             check(config_path(config), named)
         }
-        Command::Status { admin, ready: true } => status_ready(&admin),
+        Command::Status {
+            admin, ready: true, ..
+        } => status_ready(&admin),
         Command::Status {
             admin,
-            ready: false,
-        } => status(&admin),
+            watch: Some(every),
+            ..
+        } => status_watch(&admin, every),
+        Command::Status { admin, json, .. } => status(&admin, json),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { command } => man(&command),
         Command::Upgrade {
             admin,
             token_file,
@@ -328,20 +371,134 @@ fn client_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn status(admin: &str) -> ExitCode {
+/// Says why `admin` is not an admin URL and returns the usage exit code; `None` when it is one.
+fn bad_admin_url(admin: &str) -> Option<ExitCode> {
+    let e = status_cmd::admin_url(admin).err()?;
+    say!("splicer: {e}");
+    Some(ExitCode::from(EXIT_CONFIG))
+}
+
+/// `splicer status [--json]`: the table (or the document) on stdout, what is wrong on stderr,
+/// and the exit code of DESIGN.md §10.
+fn status(admin: &str, json: bool) -> ExitCode {
+    if let Some(code) = bad_admin_url(admin) {
+        return code;
+    }
     let runtime = match client_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(status_cmd::fetch(admin, status_cmd::DEFAULT_TIMEOUT)) {
-        Ok(doc) => stdout(&status_cmd::render(&doc)).unwrap_or(ExitCode::SUCCESS),
+    let fetched = runtime.block_on(status_cmd::fetch_with_json(
+        admin,
+        status_cmd::DEFAULT_TIMEOUT,
+    ));
+    let (text, verdict) = match fetched {
+        Ok((doc, raw)) => {
+            let text = if json {
+                let pretty = serde_json::to_string_pretty(&raw).unwrap_or_else(|_| raw.to_string());
+                format!("{pretty}\n")
+            } else {
+                status_cmd::render(&doc)
+            };
+            (text, status_cmd::Verdict::of(&doc))
+        }
         Err(e) => {
-            // The message already names the cause in words; the source chain would repeat it.
-            say!("splicer: {e}");
-            match e {
-                StatusCmdError::BadUrl { .. } => ExitCode::from(EXIT_CONFIG),
-                _ => ExitCode::from(EXIT_RUNTIME),
+            let verdict = status_cmd::Verdict::failed(&e);
+            // A script reading the JSON still gets a document, and the reason in it.
+            let text = if json {
+                let url = status_cmd::admin_url(admin).unwrap_or_else(|_| admin.to_owned());
+                format!(
+                    "{}\n",
+                    serde_json::json!({"error": verdict.summary(), "admin": url})
+                )
+            } else {
+                String::new()
+            };
+            (text, verdict)
+        }
+    };
+    if let Some(code) = stdout(&text) {
+        return code;
+    }
+    if verdict != status_cmd::Verdict::Healthy {
+        say!("splicer: {}", verdict.summary());
+    }
+    ExitCode::from(verdict.exit_code())
+}
+
+/// `splicer status --watch`: the live table until SIGINT, SIGTERM or SIGHUP; the exit code of
+/// the last sample, whose problem (if any) is said on stderr below the last frame.
+fn status_watch(admin: &str, every: Duration) -> ExitCode {
+    if let Some(code) = bad_admin_url(admin) {
+        return code;
+    }
+    let runtime = match client_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let live = std::io::stdout().is_terminal();
+    let watched = runtime.block_on(async {
+        let stop = watch_stop_signals()?;
+        let mut out = std::io::stdout().lock();
+        Ok::<_, anyhow::Error>(status_cmd::watch(admin, every, live, &mut out, stop).await)
+    });
+    match watched {
+        Ok(Ok(verdict)) => {
+            if verdict != status_cmd::Verdict::Healthy {
+                say!("splicer: {}", verdict.summary());
             }
+            ExitCode::from(verdict.exit_code())
+        }
+        Ok(Err(e)) => {
+            say!("splicer: cannot write to stdout: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+        Err(e) => {
+            say!("splicer: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed): each ends a watch
+/// the same way, with the terminal restored.
+fn watch_stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+    })
+}
+
+/// `splicer completions SHELL`: generated from the same clap definition as the parser.
+fn completions(shell: CompletionShell) -> ExitCode {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let script = splicer::cli_docs::completions(Cli::command(), shell, "splicer");
+    stdout(&script).unwrap_or(ExitCode::SUCCESS)
+}
+
+/// `splicer man [COMMAND...]`: splicer(1), or a subcommand's page, as roff on stdout.
+fn man(path: &[String]) -> ExitCode {
+    use clap::CommandFactory;
+    match splicer::cli_docs::man_page(Cli::command(), path) {
+        Ok(page) => stdout(&page).unwrap_or(ExitCode::SUCCESS),
+        Err(e @ splicer::cli_docs::ManError::UnknownCommand { .. }) => {
+            say!("splicer: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            say!("splicer: {:#}", anyhow::Error::new(e));
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

@@ -1,24 +1,39 @@
-//! `splicer status`: a running instance's `GET /status` (DESIGN.md §5) as plain-text tables.
+//! `splicer status`: a running instance's `GET /status` (DESIGN.md §5) as plain-text tables,
+//! as JSON, or as a live view, with an exit code a monitor can act on (§10).
 //!
-//! Two halves, kept apart so the table can be tested without sockets: [`fetch`] is the only
-//! I/O (one HTTP/1.1 exchange under one deadline and a body cap), [`render`] a function of the
-//! JSON alone. The renderer trusts nothing in the document: the instance may be an older or
-//! newer splicer, so a missing or wrongly typed field prints as `?` and never panics.
+//! The I/O is kept apart so the rest is tested without sockets: [`fetch`] is the only network
+//! code (one HTTP/1.1 exchange under one deadline and a body cap) and hands back the typed
+//! document ([`crate::status_doc::Status`], read leniently: an older or newer splicer's
+//! document still reads); [`render`] (the table), [`Verdict`] (the exit code) and [`Watch`]
+//! (the frames of `--watch`) are pure functions of it. The URL of `--admin` is parsed in
+//! `url.rs` with `hyper::Uri`.
+
+mod render;
+mod url;
+mod verdict;
+mod watch;
 
 use std::error::Error as StdError;
 use std::io;
-use std::net::Ipv6Addr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{HeaderValue, ACCEPT, CONNECTION, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::status_doc::Status;
+use url::AdminUrl;
+
+pub use render::{render, render_at};
+pub use verdict::{failure_message, problems, Verdict, EXIT_HEALTHY, EXIT_UNHEALTHY};
+pub use watch::{parse_every, watch, Watch, DEFAULT_EVERY, MIN_EVERY};
 
 /// Admin URL used without `--admin`: where the default `[admin] bind` listens.
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
@@ -30,10 +45,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest `/status` body accepted; a pool of thousands of backends is well under 1 MiB, so
 /// anything near this is not splicer talking.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// Port assumed when the URL names none: the admin API's default, not HTTP's 80, because an
-/// operator typing `--admin 10.0.0.5` means that host's admin API.
-const DEFAULT_PORT: u16 = 9090;
 
 /// How much of an error answer's body is kept in [`StatusCmdError::Http`].
 const ERROR_BODY_KEEP: usize = 4096;
@@ -120,6 +131,29 @@ pub enum StatusCmdError {
         #[source]
         source: serde_json::Error,
     },
+    /// `/status` answered JSON that is not a status document (a field of another type).
+    // The serde message is the only place that names the field, so it is part of the line.
+    #[error("the admin API at {url} answered /status with JSON that is not a status document ({source})")]
+    Shape {
+        /// The admin URL.
+        url: String,
+        /// The type error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StatusCmdError {
+    /// Whether no answer came at all (name not resolved, connection refused, no answer in
+    /// time), as opposed to an answer that was wrong.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StatusCmdError::Resolve { .. }
+                | StatusCmdError::Connect { .. }
+                | StatusCmdError::Timeout { .. }
+        )
+    }
 }
 
 fn timeout_message(url: &str, after: Duration, connected: bool) -> String {
@@ -148,7 +182,7 @@ fn body_detail(body: &str) -> String {
         .ok()
         .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
     let detail = from_json.unwrap_or_else(|| body.lines().next().unwrap_or("").to_owned());
-    let detail = clean(detail.trim());
+    let detail = render::clean(detail.trim());
     if detail.is_empty() {
         return String::new();
     }
@@ -159,109 +193,25 @@ fn body_detail(body: &str) -> String {
     format!(": {short}")
 }
 
-/// Where the admin API listens, from `--admin`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AdminUrl {
-    /// Host name or IP address; an IPv6 address without its brackets.
-    host: String,
-    port: u16,
-}
-
-impl AdminUrl {
-    /// Accepts `http://host:port`, `host:port`, either without the port (then 9090), with an
-    /// optional trailing `/` or `/status` (as copied from a `curl` line).
-    fn parse(input: &str) -> Result<AdminUrl, StatusCmdError> {
-        let bad = |reason: String| StatusCmdError::BadUrl {
-            url: input.to_owned(),
-            reason,
-        };
-        let s = input.trim();
-        let rest = match s.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(bad(format!(
-                    "the admin API speaks plain HTTP, not HTTPS; use http://{rest}"
-                )))
-            }
-            Some((scheme, _)) => {
-                return Err(bad(format!(
-                    "unsupported scheme {scheme:?}; use http://host:port"
-                )))
-            }
-            None => s,
-        };
-        let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-        if !matches!(path, "" | "/" | "/status") {
-            return Err(bad(format!(
-                "unexpected path {path:?}; give only host and port, e.g. {DEFAULT_ADMIN}"
-            )));
-        }
-        if authority.contains('@') {
-            return Err(bad("user names are not supported in the admin URL".into()));
-        }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, tail) = bracketed
-                .split_once(']')
-                .ok_or_else(|| bad("missing ']' after the IPv6 address".into()))?;
-            if host.parse::<Ipv6Addr>().is_err() {
-                return Err(bad(format!("{host:?} is not an IPv6 address")));
-            }
-            let port = match tail {
-                "" => None,
-                t => Some(
-                    t.strip_prefix(':')
-                        .ok_or_else(|| bad(format!("unexpected {t:?} after the address")))?,
-                ),
-            };
-            (host, port)
-        } else if authority.matches(':').count() > 1 {
-            return Err(bad(
-                "an IPv6 address needs brackets, e.g. http://[::1]:9090".into(),
-            ));
-        } else {
-            match authority.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        let host_ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
-        if !host_ok {
-            return Err(bad(format!("{host:?} is not a host name or IP address")));
-        }
-        let port = match port {
-            None => DEFAULT_PORT,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 => n,
-                _ => return Err(bad(format!("{p:?} is not a port number"))),
-            },
-        };
-        Ok(AdminUrl {
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    /// `host:port`, IPv6 in brackets: the `Host` header and the URL's middle.
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    /// The normalised URL, as messages show it.
-    fn url(&self) -> String {
-        format!("http://{}", self.authority())
-    }
+/// The normalised form of an `--admin` value (`http://host:port`), or why it is not one.
+pub fn admin_url(admin: &str) -> Result<String, StatusCmdError> {
+    AdminUrl::parse(admin).map(|u| u.url())
 }
 
 /// Fetches `GET /status` from the admin API at `admin` (`http://host:port` or `host:port`),
 /// resolving, connecting and reading the whole answer within `timeout`.
-pub async fn fetch(admin: &str, timeout: Duration) -> Result<Value, StatusCmdError> {
+pub async fn fetch(admin: &str, timeout: Duration) -> Result<Status, StatusCmdError> {
+    fetch_with_json(admin, timeout)
+        .await
+        .map(|(status, _)| status)
+}
+
+/// [`fetch`], also returning the document as JSON exactly as sent: fields this version does
+/// not know included, for `--json` to pass on.
+pub async fn fetch_with_json(
+    admin: &str,
+    timeout: Duration,
+) -> Result<(Status, Value), StatusCmdError> {
     let url = AdminUrl::parse(admin)?.url();
     let (status, body) = request(admin, Method::GET, "/status", None, timeout).await?;
     if !(200..300).contains(&status) {
@@ -272,7 +222,13 @@ pub async fn fetch(admin: &str, timeout: Duration) -> Result<Value, StatusCmdErr
             body: String::from_utf8_lossy(keep).into_owned(),
         });
     }
-    serde_json::from_slice(&body).map_err(|source| StatusCmdError::Json { url, source })
+    let json: Value = serde_json::from_slice(&body).map_err(|source| StatusCmdError::Json {
+        url: url.clone(),
+        source,
+    })?;
+    let status =
+        Status::deserialize(&json).map_err(|source| StatusCmdError::Shape { url, source })?;
+    Ok((status, json))
 }
 
 /// Connects to the first of the host's addresses that accepts.
@@ -461,307 +417,6 @@ fn describe_http_failure(e: &(dyn StdError + 'static)) -> &'static str {
         Some(h) if h.is_incomplete_message() => "closed the connection before answering",
         _ => "broke off the HTTP exchange",
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rendering
-
-/// Renders a `/status` document as plain-text tables, ages measured against the system clock.
-pub fn render(status: &Value) -> String {
-    render_at(status, SystemTime::now())
-}
-
-/// Renders a `/status` document as plain-text tables, ages measured against `now`.
-pub fn render_at(status: &Value, now: SystemTime) -> String {
-    let mut lines = vec![
-        format!(
-            "splicer {}, up {}",
-            text(status.get("version")),
-            uptime(status.get("uptime_seconds"))
-        ),
-        String::new(),
-    ];
-
-    match status.get("listeners").and_then(Value::as_array) {
-        Some(listeners) if listeners.is_empty() => lines.push("no listeners".into()),
-        Some(listeners) => {
-            let rows: Vec<Vec<String>> = listeners
-                .iter()
-                .map(|l| {
-                    vec![
-                        text(l.get("name")),
-                        text(l.get("bind")),
-                        count(l.get("active_connections")),
-                        count(l.get("total_connections")),
-                    ]
-                })
-                .collect();
-            lines.extend(table(LISTENER_COLUMNS, &rows, ""));
-        }
-        None => lines.push("listeners: ?".into()),
-    }
-
-    match status.get("pools").and_then(Value::as_array) {
-        Some(pools) if pools.is_empty() => {
-            lines.push(String::new());
-            lines.push("no pools".into());
-        }
-        Some(pools) => {
-            for pool in pools {
-                lines.push(String::new());
-                lines.push(pool_heading(pool));
-                match pool.get("backends").and_then(Value::as_array) {
-                    Some(backends) if backends.is_empty() => lines.push("  (no backends)".into()),
-                    Some(backends) => {
-                        let rows: Vec<Vec<String>> =
-                            backends.iter().map(|b| backend_row(b, now)).collect();
-                        lines.extend(table(BACKEND_COLUMNS, &rows, "  "));
-                    }
-                    None => lines.push("  backends: ?".into()),
-                }
-            }
-        }
-        None => {
-            lines.push(String::new());
-            lines.push("pools: ?".into());
-        }
-    }
-
-    let mut out = lines.join("\n");
-    out.push('\n');
-    out
-}
-
-/// How a column's cells line up: names left, numbers right.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
-    Left,
-    Right,
-}
-
-const LISTENER_COLUMNS: &[(&str, Align)] = &[
-    ("LISTENER", Align::Left),
-    ("BIND", Align::Left),
-    ("ACTIVE", Align::Right),
-    ("TOTAL", Align::Right),
-];
-
-const BACKEND_COLUMNS: &[(&str, Align)] = &[
-    ("BACKEND", Align::Left),
-    ("STATE", Align::Left),
-    ("WEIGHT", Align::Right),
-    ("ACTIVE", Align::Right),
-    ("TOTAL", Align::Right),
-    ("FAILS", Align::Right),
-    ("LAST CHECK", Align::Left),
-    ("LATENCY", Align::Right),
-    ("AGE", Align::Left),
-];
-
-/// Column gap: two spaces, so single-space values (`ok 200`) still read as one cell.
-const GAP: &str = "  ";
-
-/// Header and rows with each column as wide as its widest cell (counted in chars, as `format!`
-/// pads), each line prefixed by `indent` and without trailing blanks.
-fn table(columns: &[(&str, Align)], rows: &[Vec<String>], indent: &str) -> Vec<String> {
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, (name, _))| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .fold(name.chars().count(), usize::max)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(columns.iter().zip(&widths))
-            .map(|(cell, ((_, align), &width))| match align {
-                Align::Left => format!("{cell:<width$}"),
-                Align::Right => format!("{cell:>width$}"),
-            })
-            .collect();
-        format!("{indent}{}", padded.join(GAP))
-            .trim_end()
-            .to_owned()
-    };
-    let mut out = vec![line(columns.iter().map(|(name, _)| *name).collect())];
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
-    out
-}
-
-/// The pool's line: name and algorithm, then only the conditions worth a look.
-fn pool_heading(pool: &Value) -> String {
-    let mut parts = vec![format!(
-        "pool {} ({})",
-        text(pool.get("name")),
-        text(pool.get("balance"))
-    )];
-    match pool.get("fail_open") {
-        Some(Value::Bool(true)) => parts.push("FAIL-OPEN".into()),
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(_) => parts.push("fail-open: ?".into()),
-    }
-    match pool.get("shared_outage") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(services)) if services.is_empty() => {}
-        Some(Value::Array(services)) => {
-            let names: Vec<String> = services.iter().map(|s| text(Some(s))).collect();
-            parts.push(format!("shared outage: {}", names.join(", ")));
-        }
-        Some(_) => parts.push("shared outage: ?".into()),
-    }
-    match pool.get("cluster_health") {
-        None | Some(Value::Null) => {}
-        Some(health) => parts.push(format!("cluster: {}", cluster_verdict(health))),
-    }
-    parts.join(GAP)
-}
-
-/// `ok (200)`, `FAILING (503)`, `FAILING (timeout)` or `?`.
-fn cluster_verdict(health: &Value) -> String {
-    let detail = match (
-        health.get("status").and_then(Value::as_u64),
-        health.get("error").and_then(Value::as_str),
-    ) {
-        (Some(status), _) => format!(" ({status})"),
-        (None, Some(error)) => format!(" ({})", clean(error)),
-        (None, None) => String::new(),
-    };
-    match health.get("ok") {
-        Some(Value::Bool(true)) => format!("ok{detail}"),
-        Some(Value::Bool(false)) => format!("FAILING{detail}"),
-        _ => "?".into(),
-    }
-}
-
-fn backend_row(backend: &Value, now: SystemTime) -> Vec<String> {
-    let check = backend.get("last_check");
-    vec![
-        text(backend.get("address")),
-        text(backend.get("state")),
-        count(backend.get("weight")),
-        count(backend.get("active_connections")),
-        count(backend.get("total_connections")),
-        count(backend.get("connect_failures")),
-        check_verdict(check),
-        check_latency(check),
-        check_age(check, now),
-    ]
-}
-
-/// `last_check` as an object; `Err` carries what to show instead (`-` for none yet, else `?`).
-fn check_object(check: Option<&Value>) -> Result<&serde_json::Map<String, Value>, &'static str> {
-    match check {
-        Some(Value::Object(fields)) => Ok(fields),
-        Some(Value::Null) => Err("-"),
-        _ => Err("?"),
-    }
-}
-
-/// `ok 200`, `ok` (a TCP check), `fail: status 503`, `fail: timeout`.
-fn check_verdict(check: Option<&Value>) -> String {
-    let fields = match check_object(check) {
-        Ok(fields) => fields,
-        Err(shown) => return shown.into(),
-    };
-    let status = fields.get("status").and_then(Value::as_u64);
-    let error = fields.get("error").and_then(Value::as_str);
-    match (fields.get("ok"), status, error) {
-        (Some(Value::Bool(true)), Some(status), _) => format!("ok {status}"),
-        (Some(Value::Bool(true)), None, _) => "ok".into(),
-        (Some(Value::Bool(false)), _, Some(error)) => format!("fail: {}", clean(error)),
-        (Some(Value::Bool(false)), Some(status), None) => format!("fail: status {status}"),
-        (Some(Value::Bool(false)), None, None) => "fail".into(),
-        _ => "?".into(),
-    }
-}
-
-/// `3.2ms`, `1.25s`; `-` when there is no check or no measurement.
-fn check_latency(check: Option<&Value>) -> String {
-    let fields = match check_object(check) {
-        Ok(fields) => fields,
-        Err(shown) => return shown.into(),
-    };
-    match fields.get("latency_ms") {
-        Some(Value::Null) => "-".into(),
-        Some(v) => match v.as_f64() {
-            Some(ms) if (0.0..1000.0).contains(&ms) => format!("{ms:.1}ms"),
-            Some(ms) if ms.is_finite() && ms >= 1000.0 => format!("{:.2}s", ms / 1000.0),
-            _ => "?".into(),
-        },
-        None => "?".into(),
-    }
-}
-
-/// Time since the check finished: `1s ago`, `2m 5s ago`; a timestamp ahead of `now` (clock
-/// skew) shows as `0s ago`.
-fn check_age(check: Option<&Value>, now: SystemTime) -> String {
-    let fields = match check_object(check) {
-        Ok(fields) => fields,
-        Err(shown) => return shown.into(),
-    };
-    let at = fields.get("at").and_then(Value::as_str).and_then(|s| {
-        humantime::parse_rfc3339(s)
-            .or_else(|_| humantime::parse_rfc3339_weak(s))
-            .ok()
-    });
-    match at {
-        Some(at) => {
-            let age = now.duration_since(at).unwrap_or_default();
-            format!("{} ago", span(age.as_secs()))
-        }
-        None => "?".into(),
-    }
-}
-
-fn uptime(v: Option<&Value>) -> String {
-    match v.and_then(Value::as_f64) {
-        // `as` saturates; a float of seconds past u64::MAX is garbage anyway.
-        Some(secs) if secs.is_finite() && secs >= 0.0 => span(secs as u64),
-        _ => "?".into(),
-    }
-}
-
-/// A duration in its two largest units: `45s`, `2m 5s`, `3h 12m`, `4d 2h`.
-fn span(secs: u64) -> String {
-    let (days, hours, minutes, seconds) =
-        (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    if days > 0 {
-        format!("{days}d {hours}h")
-    } else if hours > 0 {
-        format!("{hours}h {minutes}m")
-    } else if minutes > 0 {
-        format!("{minutes}m {seconds}s")
-    } else {
-        format!("{seconds}s")
-    }
-}
-
-/// A string field's text, or `?` when missing or not a string.
-fn text(v: Option<&Value>) -> String {
-    v.and_then(Value::as_str)
-        .map(clean)
-        .unwrap_or_else(|| "?".into())
-}
-
-/// A counter's digits, or `?` when missing or not a non-negative integer.
-fn count(v: Option<&Value>) -> String {
-    v.and_then(Value::as_u64)
-        .map(|n| n.to_string())
-        .unwrap_or_else(|| "?".into())
-}
-
-/// Control characters replaced, so a hostile or broken value cannot break a line or a column.
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The `splicer` binary's command line (DESIGN.md §2): `--version`, `check` on every example,
 //! config errors as `PATH:LINE:COL: message` with exit 2 (for `run` too, before anything
-//! binds), the config path rules, exit 1 on an address in use, usage errors, and JSON logs.
+//! binds), the config path rules, exit 1 on an address in use, usage errors, JSON logs, and
+//! the shell completions and manual page generated from the same definition (§10).
 //!
 //! Every child is killed when its handle drops, and every wait is bounded.
 
@@ -488,4 +489,156 @@ async fn log_format_json_makes_every_log_line_json() {
     );
     let access = s.access_line().await;
     assert!(access.ends_with(" end=connect_failed"), "{access}");
+}
+
+/// The subcommands `splicer --help` lists: read from the binary, so one added to the clap
+/// definition later is checked by the tests below without editing them.
+async fn subcommands(dir: &Path) -> Vec<String> {
+    let mut cmd = splicer(dir);
+    cmd.arg("--help");
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let help = stdout(&out);
+    let names: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect();
+    for expected in ["run", "check", "status", "completions", "man"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?} in\n{help}");
+    }
+    names
+}
+
+/// The words of a script or page: runs of letters, digits, `-` and `_`.
+fn words(text: &str) -> std::collections::HashSet<&str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+#[tokio::test]
+async fn completions_are_valid_and_cover_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = subcommands(dir.path()).await;
+    for shell in ["bash", "zsh", "fish"] {
+        let mut cmd = splicer(dir.path());
+        cmd.args(["completions", shell]);
+        let out = finish(cmd).await;
+        assert_eq!(code(&out), Some(0), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(!script.trim().is_empty(), "{shell}: empty script");
+        let found = words(&script);
+        for name in &names {
+            assert!(found.contains(name.as_str()), "{shell} script lacks {name}");
+        }
+        // Flags of a subcommand, not only the names.
+        assert!(
+            found.contains("--watch") || found.contains("watch"),
+            "{shell} script lacks status --watch"
+        );
+        let path = dir.path().join(format!("splicer.{shell}"));
+        std::fs::write(&path, &script).expect("write the script");
+        if shell == "bash" {
+            let checked = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .output()
+                .expect("bash runs");
+            assert!(
+                checked.status.success(),
+                "bash -n rejects the script: {}",
+                String::from_utf8_lossy(&checked.stderr)
+            );
+        }
+    }
+
+    for args in [&["completions", "tcsh"][..], &["completions"][..]] {
+        let mut cmd = splicer(dir.path());
+        cmd.args(args);
+        let out = finish(cmd).await;
+        assert_eq!(code(&out), Some(2), "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{args:?}");
+    }
+}
+
+/// Formats a roff page with `man -l -`, as a reader would see it (no pager, no overstrike).
+fn formatted(page: &str) -> Option<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("man")
+        .args(["-l", "-"])
+        .env("MANPAGER", "cat")
+        .env("PAGER", "cat")
+        .env("MANWIDTH", "100")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    stdin.write_all(page.as_bytes()).expect("feed man");
+    drop(stdin);
+    let out = child.wait_with_output().expect("man finishes");
+    assert!(
+        out.status.success(),
+        "man -l - rejects the page: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn man_page_is_roff_and_names_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = subcommands(dir.path()).await;
+    let mut cmd = splicer(dir.path());
+    cmd.arg("man");
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let page = stdout(&out);
+    let first = page.lines().next().unwrap_or_default();
+    assert!(first.starts_with(".TH splicer 1"), "{first}");
+    for section in [".SH NAME", ".SH SYNOPSIS", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
+        assert!(page.lines().any(|l| l == section), "no {section}:\n{page}");
+    }
+    assert!(page.contains(".SH \"EXIT STATUS\""), "{page}");
+    for name in &names {
+        // roff spells a hyphen `\-`.
+        assert!(
+            page.contains(&format!("splicer\\-{name}(1)")),
+            "the page lacks {name}"
+        );
+    }
+    match formatted(&page) {
+        Some(text) => {
+            assert!(text.contains("SYNOPSIS"), "{text}");
+            assert!(text.contains("EXIT STATUS"), "{text}");
+            assert!(text.contains("splicer-status(1)"), "{text}");
+            assert!(!text.contains('\u{8}'), "overstrike in {text:?}");
+        }
+        // No man on this machine: the roff structure above is what can be checked.
+        None => eprintln!("man is not installed; the page was not formatted"),
+    }
+
+    // A subcommand's own page, and an unknown one.
+    let mut cmd = splicer(dir.path());
+    cmd.args(["man", "status"]);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.starts_with(".TH splicer-status 1"), "{page}");
+    assert!(page.contains("watch"), "{page}");
+    if let Some(text) = formatted(&page) {
+        assert!(text.contains("--json"), "{text}");
+    }
+    let mut cmd = splicer(dir.path());
+    cmd.args(["man", "frobnicate"]);
+    let out = finish(cmd).await;
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("frobnicate"), "{}", stderr(&out));
 }

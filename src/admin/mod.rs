@@ -233,6 +233,11 @@ fn refuse_post(
 async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    // A method this API never implements is 501 on every path (RFC 9110 §15.6.2), before any
+    // path's own 405.
+    if !is_known_method(&method) {
+        return not_found(&method, &path);
+    }
     let Some(segs) = guard::segments(&path) else {
         return not_found(&method, &path);
     };
