@@ -1,5 +1,5 @@
 //! `splicer backend add|remove|drain|disable|enable POOL ADDRESS`: membership changes and admin
-//! actions on a running instance through its admin API (DESIGN.md §10), for operators and
+//! actions on a running instance through its admin API (docs/architecture.md §10), for operators and
 //! autoscaling hooks. The HTTP exchange is [`crate::status_cmd`]'s; `--wait` polls `/status`
 //! until the change has taken effect, judged by a pure function of the document
 //! ([`progress`]) so the waiting rules are tested without sockets.

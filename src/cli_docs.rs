@@ -1,4 +1,4 @@
-//! `splicer completions` and `splicer man` (DESIGN.md §10): shell completion scripts and manual
+//! `splicer completions` and `splicer man` (docs/architecture.md §10): shell completion scripts and manual
 //! pages generated from the binary's own clap definition, passed in, so they cannot drift from
 //! the flags the parser accepts. Pure: a `clap::Command` in, text out.
 

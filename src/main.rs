@@ -151,7 +151,7 @@ enum Command {
     },
 }
 
-/// The shells `splicer completions` writes for (DESIGN.md §10).
+/// The shells `splicer completions` writes for (docs/architecture.md §10).
 #[derive(Clone, Copy, ValueEnum)]
 enum CompletionShell {
     Bash,
@@ -379,7 +379,7 @@ fn bad_admin_url(admin: &str) -> Option<ExitCode> {
 }
 
 /// `splicer status [--json]`: the table (or the document) on stdout, what is wrong on stderr,
-/// and the exit code of DESIGN.md §10.
+/// and the exit code of docs/architecture.md §10.
 fn status(admin: &str, json: bool) -> ExitCode {
     if let Some(code) = bad_admin_url(admin) {
         return code;

@@ -1,4 +1,4 @@
-//! `splicer status`: a running instance's `GET /status` (DESIGN.md §5) as plain-text tables,
+//! `splicer status`: a running instance's `GET /status` (docs/architecture.md §5) as plain-text tables,
 //! as JSON, or as a live view, with an exit code a monitor can act on (§10).
 //!
 //! The I/O is kept apart so the rest is tested without sockets: [`fetch`] is the only network

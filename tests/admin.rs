@@ -334,7 +334,7 @@ async fn status_document_has_the_exact_shape() {
         assert_eq!(b["total_connections"], 0, "{b}");
         assert_eq!(b["connect_failures"], 0, "{b}");
         let check = &b["last_check"];
-        // The rig answers with a Quay health document, so its services are shown (DESIGN.md
+        // The rig answers with a Quay health document, so its services are shown (docs/architecture.md
         // §10), shared_dependencies or not.
         assert_eq!(
             keys(check),

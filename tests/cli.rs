@@ -1,4 +1,4 @@
-//! The `splicer` binary's command line (DESIGN.md §2): `--version`, `check` on every example,
+//! The `splicer` binary's command line (docs/architecture.md §2): `--version`, `check` on every example,
 //! config errors as `PATH:LINE:COL: message` with exit 2 (for `run` too, before anything
 //! binds), the config path rules, exit 1 on an address in use, usage errors, JSON logs, and
 //! the shell completions and manual page generated from the same definition (§10).

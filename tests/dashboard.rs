@@ -1,4 +1,4 @@
-//! The dashboard (`GET /` on the admin API, DESIGN.md §10) in a real browser: headless Chromium
+//! The dashboard (`GET /` on the admin API, docs/architecture.md §10) in a real browser: headless Chromium
 //! (Debian's `chromium`, which `scripts/test` installs) driven over the DevTools protocol. The
 //! page loads without a console error and asks nothing of another origin, shows the rig's
 //! nodes, shows a node the rig fails as `down` with the reason within 3 s, a click on drain

@@ -1,4 +1,4 @@
-//! Membership at run time (DESIGN.md §10, docs/admin-api.md "Membership"): `POST
+//! Membership at run time (docs/architecture.md §10, docs/admin-api.md "Membership"): `POST
 //! /pools/{pool}/backends` and `DELETE /pools/{pool}/backends/{address}` with every status code;
 //! an added node starts down and takes traffic once healthy; a removed node finishes its
 //! in-flight downloads byte for byte, takes no new connection, then leaves `/status`, with no

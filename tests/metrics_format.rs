@@ -1,4 +1,4 @@
-//! `/metrics` (DESIGN.md §5 "Metrics"): the text splicer renders passes a strict OpenMetrics
+//! `/metrics` (docs/architecture.md §5 "Metrics"): the text splicer renders passes a strict OpenMetrics
 //! parser written here (no crate, so the check does not share the encoder's assumptions), every
 //! family of the contract is present with exactly its labels, and the counters agree with
 //! traffic the test moved itself through real loopback sockets.
@@ -560,7 +560,7 @@ const FAMILIES: [(&str, &str, &[&str]); 31] = [
     ("splicer_config_reloads", "counter", &["result"]),
     ("splicer_discovery_failures", "counter", &["pool"]),
     ("splicer_access_log_dropped", "counter", &[]),
-    // DESIGN §9 and §10.
+    // docs/architecture.md §9 and §10.
     (
         "splicer_listener_refused",
         "counter",
@@ -751,7 +751,7 @@ timeout = "100ms"
         .collect();
     assert!(
         extra.is_empty(),
-        "families outside the DESIGN.md contract: {extra:?}"
+        "families outside the contract (docs/architecture.md): {extra:?}"
     );
 
     assert_eq!(
@@ -847,7 +847,7 @@ timeout = "100ms"
     echo_task.abort();
 }
 
-/// The families DESIGN.md §10 added, after one proxied connection that lasted at most
+/// The families docs/architecture.md §10 added, after one proxied connection that lasted at most
 /// `lasted_at_most` seconds: both histograms counted it once, in the right buckets; build and
 /// process figures are those of this process.
 fn assert_new_families(e: &Exposition, backend: &[(&'static str, String)], lasted_at_most: f64) {

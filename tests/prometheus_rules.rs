@@ -1,4 +1,4 @@
-//! The monitoring shipped in `deploy/prometheus/` (DESIGN.md §10): the alert rules pass
+//! The monitoring shipped in `deploy/prometheus/` (docs/architecture.md §10): the alert rules pass
 //! `promtool check rules` and their unit tests, every alert is tested both firing and quiet
 //! (and its tests notice a rule that never fires), every query of the Grafana dashboard is
 //! PromQL that promtool accepts, and every metric the three files name is one splicer exports.

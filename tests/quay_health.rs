@@ -431,7 +431,7 @@ async fn a_nodes_own_failure_during_a_shared_outage_still_ejects_it() {
     assert_eq!(pool_status(admin).await["shared_outage"], json!([]));
 }
 
-/// DESIGN.md §10: the services a Quay health body reports are shown whether or not the pool
+/// docs/architecture.md §10: the services a Quay health body reports are shown whether or not the pool
 /// names `shared_dependencies` — they are how an operator sees why a machine is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_shared_dependencies_services_are_still_reported() {

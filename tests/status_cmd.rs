@@ -2,7 +2,7 @@
 //! backend in the table, `up`), nothing listening (a `Connect` error an operator can act on), a
 //! peer that accepts and never answers (a `Timeout` within the bound), and peers that answer
 //! wrongly (an error status, not JSON, not HTTP, too much). Then the command itself, as a
-//! child process: its exit codes (DESIGN.md §10) and `--json`, and `--watch` both into a pipe
+//! child process: its exit codes (docs/architecture.md §10) and `--json`, and `--watch` both into a pipe
 //! and under a real pseudo-terminal (tmux), where it must redraw in place and give the
 //! terminal back.
 

@@ -1,5 +1,5 @@
 //! `POST /pools/{pool}/backends` and `DELETE /pools/{pool}/backends/{address}`: membership at
-//! run time for autoscaling hooks (DESIGN.md §10). The body is read by a pure function (tested
+//! run time for autoscaling hooks (docs/architecture.md §10). The body is read by a pure function (tested
 //! below) with the config file's own address and weight rules; the change itself is the app's.
 
 use std::net::SocketAddr;

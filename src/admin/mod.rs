@@ -203,6 +203,22 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// Methods this API implements anywhere; others are 501.
+/// The methods RFC 9110 (and RFC 5789's PATCH) define.
+fn is_standard_method(m: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ]
+    .contains(m)
+}
+
 fn is_known_method(m: &Method) -> bool {
     m == Method::GET || m == Method::HEAD || m == Method::POST || m == Method::DELETE
 }
@@ -233,9 +249,9 @@ fn refuse_post(
 async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    // A method this API never implements is 501 on every path (RFC 9110 §15.6.2), before any
-    // path's own 405.
-    if !is_known_method(&method) {
+    // A method HTTP does not define is 501 on every path (RFC 9110 §15.6.2), before any
+    // path's own 405 (which is for defined methods the resource does not allow).
+    if !is_standard_method(&method) {
         return not_found(&method, &path);
     }
     let Some(segs) = guard::segments(&path) else {

@@ -1,4 +1,4 @@
-//! Membership at run time (DESIGN.md §10, for autoscaling hooks): backends added and removed
+//! Membership at run time (docs/architecture.md §10, for autoscaling hooks): backends added and removed
 //! through the admin API. The pool supervisor applies them through the same paths as a
 //! reload's new and removed members; here they are recorded in the state file (its `added` and
 //! `removed` lists) and laid over the config file's members at start and at every reload:

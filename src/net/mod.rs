@@ -2,6 +2,7 @@
 
 pub mod client_hello;
 pub mod connect;
+pub mod end;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod pump;

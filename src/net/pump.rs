@@ -25,39 +25,7 @@ use super::listener::set_reset_on_close;
 /// buffer, a larger one is spliced.
 const COPY_CHUNK: usize = 16 * 1024;
 
-/// How a proxied connection ended (the access log's `end`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Both sides closed; the client closed first.
-    ClientClosed,
-    /// Both sides closed; the backend closed first.
-    BackendClosed,
-    /// The client reset the connection.
-    ClientReset,
-    /// The backend reset the connection.
-    BackendReset,
-    /// No byte moved for `idle_timeout`.
-    IdleTimeout,
-    /// Cut short because its backend's drain reached `drain_timeout`.
-    Drained,
-    /// Cut short by shutdown after its grace period.
-    Shutdown,
-}
-
-impl End {
-    /// The access log spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            End::ClientClosed => "client_closed",
-            End::BackendClosed => "backend_closed",
-            End::ClientReset => "client_reset",
-            End::BackendReset => "backend_reset",
-            End::IdleTimeout => "idle_timeout",
-            End::Drained => "drained",
-            End::Shutdown => "shutdown",
-        }
-    }
-}
+pub use super::end::End;
 
 /// Byte counters of one connection; the pump adds to them as bytes move.
 #[derive(Debug, Default)]

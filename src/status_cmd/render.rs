@@ -165,7 +165,7 @@ fn backend_row(backend: &BackendStatus, now: SystemTime) -> Vec<String> {
     let check = backend.last_check.as_ref();
     let services = backend.failing_services();
     let mut verdict = check.map_or_else(|| "-".into(), check_verdict);
-    // Why a machine fails is the first thing an operator asks (DESIGN §10).
+    // Why a machine fails is the first thing an operator asks (docs/architecture.md §10).
     if !services.is_empty() {
         let names: Vec<String> = services.iter().map(|s| clean(s)).collect();
         verdict.push_str(&format!(" ({})", names.join(", ")));

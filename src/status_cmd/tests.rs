@@ -7,7 +7,7 @@ use super::render::span;
 use super::*;
 use serde_json::json;
 
-/// The DESIGN.md §5 example, verbatim.
+/// The docs/architecture.md §5 example, verbatim.
 const DESIGN_EXAMPLE: &str = r#"{"version":"0.1.0","uptime_seconds":12.5,
  "listeners":[{"name":"https","bind":"0.0.0.0:443","active_connections":3,"total_connections":120}],
  "pools":[{"name":"quay","balance":"round_robin","fail_open":false,

@@ -1,4 +1,4 @@
-//! What one look at `/status` means for a monitor (DESIGN.md §10): healthy when every backend
+//! What one look at `/status` means for a monitor (docs/architecture.md §10): healthy when every backend
 //! the operator has not taken out (draining, disabled) is up and every configured cluster
 //! check passes; degraded otherwise; unknown when the admin API gave no usable answer. Pure,
 //! so the exit-code rule is tested without sockets.
