@@ -22,6 +22,7 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use crate::config::LogFormat;
+use crate::net::end::End;
 
 /// Queue length of [`AccessLog::stdout`], in lines.
 ///
@@ -52,8 +53,8 @@ pub struct AccessRecord {
     pub to_client: u64,
     /// Time from accept to the end of the connection.
     pub duration: Duration,
-    /// Why the connection ended (`client_closed`, `no_backend`, ...; docs/architecture.md §5).
-    pub end: &'static str,
+    /// Why the connection ended (its `end` field; docs/architecture.md §5).
+    pub end: End,
 }
 
 /// The access log handle: cheap to clone, shared by every listener.
@@ -360,7 +361,7 @@ fn push_text(line: &mut String, r: &AccessRecord, at: SystemTime) {
         r.to_client,
         duration_ms(r.duration)
     );
-    push_text_value(line, r.end);
+    push_text_value(line, r.end.as_str());
 }
 
 /// Appends a text value bare when it is plain, else quoted and escaped.
@@ -422,7 +423,7 @@ fn push_json(line: &mut String, r: &AccessRecord, at: SystemTime) {
         to_backend: r.to_backend,
         to_client: r.to_client,
         duration_ms: duration_ms(r.duration),
-        end: r.end,
+        end: r.end.as_str(),
     };
     // serde_json escapes every control character, so the object never spans lines. Strings,
     // integers and addresses cannot fail to serialize; the fallback only keeps a line valid.

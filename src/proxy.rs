@@ -78,12 +78,17 @@ impl RefusedReason {
         RefusedReason::ClientRate,
     ];
 
-    /// The metric label and the access log's `end`.
+    /// The metric label (the access log's `end` spells it the same).
     pub fn as_str(self) -> &'static str {
+        self.end().as_str()
+    }
+
+    /// How a connection refused for this reason ended.
+    pub fn end(self) -> End {
         match self {
-            RefusedReason::Denied => "denied",
-            RefusedReason::ClientLimit => "client_limit",
-            RefusedReason::ClientRate => "client_rate",
+            RefusedReason::Denied => End::Denied,
+            RefusedReason::ClientLimit => End::ClientLimit,
+            RefusedReason::ClientRate => End::ClientRate,
         }
     }
 }
@@ -182,19 +187,65 @@ impl ListenerCtx {
     }
 }
 
-/// Counts a connection as active on its listener for as long as it lives, and records its
-/// duration when it ends: every way out of [`serve`] drops it exactly once.
-struct ActiveGuard<'a> {
-    counters: &'a ListenerCounters,
+/// One connection's record, from accept to its task's end: counts it as active on its
+/// listener, and when dropped — on every way out of [`serve`], a panic or an aborted task
+/// included — writes its one access-log line and records its duration. No path can forget the
+/// line or write it twice. An end never set means the task stopped before the connection
+/// ended: logged as `shutdown`.
+struct ConnectionRecord<'a> {
+    ctx: &'a ListenerCtx,
     started: Instant,
+    client: SocketAddr,
+    sni: Option<Arc<str>>,
+    pool: Arc<Pool>,
+    backend: Option<SocketAddr>,
+    traffic: Traffic,
+    end: Option<End>,
 }
 
-impl Drop for ActiveGuard<'_> {
+impl<'a> ConnectionRecord<'a> {
+    /// Starts the record of a connection `ctx` accepted from `peer`.
+    fn open(ctx: &'a ListenerCtx, peer: SocketAddr) -> Self {
+        ctx.counters.total.fetch_add(1, Ordering::Relaxed);
+        ctx.counters.active.fetch_add(1, Ordering::Relaxed);
+        ConnectionRecord {
+            ctx,
+            started: Instant::now(),
+            client: peer,
+            sni: None,
+            pool: ctx.pool.clone(),
+            backend: None,
+            traffic: Traffic::default(),
+            end: None,
+        }
+    }
+
+    /// Says how the connection ended (the last call wins; the line is written on drop).
+    fn ended(&mut self, end: End) {
+        self.end = Some(end);
+    }
+}
+
+impl Drop for ConnectionRecord<'_> {
     fn drop(&mut self) {
-        self.counters.active.fetch_sub(1, Ordering::Relaxed);
-        self.counters
-            .connection_duration
-            .observe(self.started.elapsed());
+        let counters = &self.ctx.counters;
+        counters.active.fetch_sub(1, Ordering::Relaxed);
+        let duration = self.started.elapsed();
+        counters.connection_duration.observe(duration);
+        if !self.ctx.access_log.is_enabled() {
+            return;
+        }
+        self.ctx.access_log.record(AccessRecord {
+            listener: self.ctx.name.clone(),
+            client: self.client,
+            sni: self.sni.take(),
+            pool: self.pool.name.clone(),
+            backend: self.backend,
+            to_backend: self.traffic.to_backend.load(Ordering::Relaxed),
+            to_client: self.traffic.to_client.load(Ordering::Relaxed),
+            duration,
+            end: self.end.unwrap_or(End::Shutdown),
+        });
     }
 }
 
@@ -255,12 +306,12 @@ enum Refused {
 }
 
 impl Refused {
-    /// Access-log `end` values (extensions of the documented set).
-    fn as_str(&self) -> &'static str {
+    /// How the connection ended.
+    fn end(&self) -> End {
         match self {
-            Refused::Timeout => "client_timeout",
-            Refused::BadProxyHeader => "bad_proxy_header",
-            Refused::Gone => "client_closed",
+            Refused::Timeout => End::ClientTimeout,
+            Refused::BadProxyHeader => End::BadProxyHeader,
+            Refused::Gone => End::ClientClosed,
         }
     }
 }
@@ -395,92 +446,63 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         peer,
         permit: _permit,
     } = accepted;
-    let started = Instant::now();
-    ctx.counters.total.fetch_add(1, Ordering::Relaxed);
-    ctx.counters.active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard {
-        counters: &ctx.counters,
-        started,
-    };
-    let mut log = LogFields {
-        client: peer,
-        sni: None,
-        pool: ctx.pool.clone(),
-        backend: None,
-    };
+    // Declared first, so dropped last: the line is written after everything else let go.
+    let mut record = ConnectionRecord::open(&ctx, peer);
 
     // Without a PROXY header the peer is the client: decide before reading anything from it.
     let mut client_slot = None;
     if !ctx.config.accept_proxy {
         match ctx.admit(peer.ip()) {
             Ok(slot) => client_slot = slot,
-            Err(reason) => return refuse(&ctx, &client, &log, started, reason),
+            Err(reason) => return refuse(&client, &mut record, reason),
         }
     }
 
     let opening = tokio::select! {
-        r = read_opening(&ctx, &mut client, peer) => r,
-        _ = stop.cancelled() => Err(Refused::Gone),
+        r = read_opening(&ctx, &mut client, peer) => r.map_err(|refused| refused.end()),
+        _ = stop.cancelled() => Err(End::Shutdown),
     };
     let mut opening = match opening {
         Ok(o) => o,
-        Err(refused) => {
-            log_end(&ctx, &log, &Traffic::default(), started, refused.as_str());
-            return;
-        }
+        Err(end) => return record.ended(end),
     };
-    log.client = opening.client;
+    record.client = opening.client;
     if ctx.config.accept_proxy {
         // Only now is the client known: the PROXY header named it.
         match ctx.admit(opening.client.ip()) {
             Ok(slot) => client_slot = slot,
-            Err(reason) => return refuse(&ctx, &client, &log, started, reason),
+            Err(reason) => return refuse(&client, &mut record, reason),
         }
     }
-    log.sni = opening.sni.clone();
+    record.sni = opening.sni.clone();
     if let Some(sni) = opening.sni.as_deref() {
         if let Some(pool) = client_hello::route(sni, &ctx.routes) {
-            log.pool = pool.clone();
+            record.pool = pool.clone();
         }
     }
-    let pool = log.pool.clone();
+    let pool = record.pool.clone();
     // One load of the pool's settings for the whole connection: retries, timeouts and PROXY.
     let config = pool.config();
 
     let connected = tokio::select! {
         r = connect_with_retries(&pool, &config, opening.client) => r,
-        _ = stop.cancelled() => {
-            log_end(&ctx, &log, &Traffic::default(), started, End::Shutdown.as_str());
-            return;
-        }
+        _ = stop.cancelled() => return record.ended(End::Shutdown),
     };
     let (mut backend_stream, lease) = match connected {
         Ok(c) => c,
-        Err(NoConnection::NoBackend) => {
-            log_end(&ctx, &log, &Traffic::default(), started, "no_backend");
-            return;
-        }
+        Err(NoConnection::NoBackend) => return record.ended(End::NoBackend),
         Err(NoConnection::Local(e)) => {
             ctx.counters.local_errors.fetch_add(1, Ordering::Relaxed);
             log_local_exhaustion(&ctx.config.name, &e);
-            log_end(
-                &ctx,
-                &log,
-                &Traffic::default(),
-                started,
-                LOCAL_RESOURCES_END,
-            );
-            return;
+            return record.ended(End::LocalResources);
         }
         Err(NoConnection::ConnectFailed(f)) => {
             tracing::debug!(listener = %ctx.config.name, client = %peer, reason = f.as_str(), "every connect attempt failed");
-            log_end(&ctx, &log, &Traffic::default(), started, "connect_failed");
-            return;
+            return record.ended(End::ConnectFailed);
         }
     };
     let backend: &Backend = lease.backend();
-    log.backend = Some(backend.address);
-    let traffic = Traffic::default();
+    record.backend = Some(backend.address);
 
     // Our PROXY header first, then the bytes the client already sent, then the live stream.
     // In a block of its own, so the buffers are freed before the pump: a connection's locals
@@ -498,11 +520,10 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
         };
         if !preamble.is_empty() {
             if backend_stream.write_all(&preamble).await.is_err() {
-                log_end(&ctx, &log, &traffic, started, End::BackendReset.as_str());
-                return;
+                return record.ended(End::BackendReset);
             }
             let n = (preamble.len() - header_len) as u64;
-            traffic.to_backend.fetch_add(n, Ordering::Relaxed);
+            record.traffic.to_backend.fetch_add(n, Ordering::Relaxed);
             backend.add_bytes_to_backend(n);
         }
     }
@@ -516,19 +537,15 @@ pub async fn serve(ctx: Arc<ListenerCtx>, accepted: Accepted, stop: Cancellation
             stop: &stop,
             cut: &cut,
         },
-        &traffic,
+        &record.traffic,
         &|n| backend.add_bytes_to_backend(n),
         &|n| backend.add_bytes_to_client(n),
     )
     .await;
-    log_end(&ctx, &log, &traffic, started, end.as_str());
+    record.ended(end);
     // The client's place in its per-client count is held until here (every return drops it).
     drop(client_slot);
 }
-
-/// The access log's `end` for a connection closed because this machine ran out of descriptors
-/// or memory while connecting to a backend.
-pub const LOCAL_RESOURCES_END: &str = "local_resources";
 
 /// One warning a second at most while this machine is out of descriptors or memory: under
 /// exhaustion every connection fails the same way, and the log must not add to the load.
@@ -544,46 +561,9 @@ fn log_local_exhaustion(listener: &str, e: &std::io::Error) {
 
 /// Ends a connection the edge protection refused: logged with the reason as its `end`; a
 /// denied client gets a reset rather than a close, so it learns nothing and no TIME_WAIT stays.
-fn refuse(
-    ctx: &ListenerCtx,
-    client: &TcpStream,
-    log: &LogFields,
-    started: Instant,
-    reason: RefusedReason,
-) {
+fn refuse(client: &TcpStream, record: &mut ConnectionRecord<'_>, reason: RefusedReason) {
     if reason == RefusedReason::Denied {
         crate::net::listener::set_reset_on_close(client);
     }
-    log_end(ctx, log, &Traffic::default(), started, reason.as_str());
-}
-
-/// What the access log says about a connection besides its bytes and end.
-struct LogFields {
-    client: SocketAddr,
-    sni: Option<Arc<str>>,
-    pool: Arc<Pool>,
-    backend: Option<SocketAddr>,
-}
-
-fn log_end(
-    ctx: &ListenerCtx,
-    fields: &LogFields,
-    traffic: &Traffic,
-    started: Instant,
-    end: &'static str,
-) {
-    if !ctx.access_log.is_enabled() {
-        return;
-    }
-    ctx.access_log.record(AccessRecord {
-        listener: ctx.name.clone(),
-        client: fields.client,
-        sni: fields.sni.clone(),
-        pool: fields.pool.name.clone(),
-        backend: fields.backend,
-        to_backend: traffic.to_backend.load(Ordering::Relaxed),
-        to_client: traffic.to_client.load(Ordering::Relaxed),
-        duration: started.elapsed(),
-        end,
-    });
+    record.ended(reason.end());
 }

@@ -419,3 +419,39 @@ async fn a_stalled_sink_drops_lines_but_never_delays_connections() {
     )
     .await;
 }
+
+/// A connection still waiting for its PROXY header when splicer's drain_timeout cuts what is
+/// left at a stop ends as `shutdown`, not as the client's doing (the record writes the line
+/// whatever path ends the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_opening_read_is_logged_as_shutdown() {
+    let echo = echo_backend().await;
+    let mut proc = SplicerProcess::start(1, |admin, l| {
+        config(admin, l[0], echo.addr, "drain_timeout = \"1s\"").replace(
+            "pool = \"p\"\n\n[[pool]]",
+            "pool = \"p\"\naccept_proxy = true\nclient_hello_timeout = \"30s\"\n\n[[pool]]",
+        )
+    })
+    .await;
+    let (lines, reader) = collect_stdout(&mut proc);
+    let waiting = TcpStream::connect(proc.listeners[0])
+        .await
+        .expect("connect");
+    let me = waiting.local_addr().expect("local addr");
+    let admin = proc.admin;
+    wait_until(WAIT, "the connection is open on the listener", || async {
+        metric_value(
+            &metrics_text(admin).await,
+            "splicer_listener_active_connections{listener=\"front\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    stop(&mut proc, reader).await;
+    let lines = snapshot(&lines);
+    let line = lines
+        .iter()
+        .find(|l| l.contains(&format!("client={me} ")))
+        .unwrap_or_else(|| panic!("no line for {me}: {lines:?}"));
+    assert!(line.ends_with("end=shutdown"), "{line}");
+    drop(waiting);
+}

@@ -21,7 +21,7 @@ fn record() -> AccessRecord {
         to_backend: 1832,
         to_client: 904_211,
         duration: Duration::from_micros(412_999),
-        end: "client_closed",
+        end: End::ClientClosed,
     }
 }
 
@@ -51,7 +51,7 @@ fn text_absent_fields_and_ipv6() {
         to_backend: 0,
         to_client: 0,
         duration: Duration::ZERO,
-        end: "no_backend",
+        end: End::NoBackend,
         ..record()
     };
     assert_eq!(
@@ -121,7 +121,7 @@ fn json_absent_fields_are_null() {
     let r = AccessRecord {
         sni: None,
         backend: None,
-        end: "connect_failed",
+        end: End::ConnectFailed,
         ..record()
     };
     let v: serde_json::Value = serde_json::from_str(&format_json(&r, at())).unwrap();
