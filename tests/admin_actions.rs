@@ -9,11 +9,12 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use common::admin::Answer;
 use common::{start_splicer_file, status, wait_until, Splicer, WAIT};
 
 // ---------------------------------------------------------------------------------------------
@@ -95,78 +96,9 @@ async fn start(files: &Files, text: &str) -> Splicer {
     start_splicer_file(&files.config).await
 }
 
-/// An admin answer: status, headers (lower-cased names) and body.
-#[derive(Debug)]
-struct Answer {
-    code: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
-    }
-
-    /// An error answer: JSON `{"error":"..."}` with a non-empty message.
-    fn assert_error(&self, code: u16, what: &str) {
-        assert_eq!(self.code, code, "{what}: {self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{what}: {self:?}"
-        );
-        let v = self.json();
-        let message = v["error"].as_str().unwrap_or("");
-        assert!(
-            !message.is_empty() && v.as_object().map(|o| o.len()) == Some(1),
-            "{what}: the body must be {{\"error\":\"...\"}}: {v}"
-        );
-    }
-}
-
 /// One HTTP/1.1 request with extra header lines.
 async fn request(admin: SocketAddr, method: &str, path: &str, headers: &[&str]) -> Answer {
-    let fut = async {
-        let mut s = TcpStream::connect(admin).await.expect("connect to admin");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n");
-        for h in headers {
-            req.push_str(h);
-            req.push_str("\r\n");
-        }
-        req.push_str("Content-Length: 0\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        String::from_utf8(buf).expect("UTF-8 answer")
-    };
-    let text = tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("admin request timed out");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.lines();
-    let code = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Answer {
-        code,
-        headers,
-        body: body.to_string(),
-    }
+    common::admin::request(admin, method, path, headers, "").await
 }
 
 async fn post(admin: SocketAddr, path: &str) -> Answer {
@@ -281,7 +213,7 @@ async fn unknown_pools_backends_addresses_actions_and_paths_are_404() {
     ];
     for (method, path, what) in &cases {
         let answer = request(splicer.admin, method, path, &[]).await;
-        answer.assert_error(404, &format!("{what}: {method} {path}"));
+        answer.assert_error(404, "", &format!("{what}: {method} {path}"));
     }
     assert_eq!(
         state_of(splicer.admin, a.addr).await.as_deref(),
@@ -318,7 +250,7 @@ async fn wrong_methods_are_405_with_allow() {
     }
     for (method, path, allow) in &cases {
         let answer = request(splicer.admin, method, path, &[]).await;
-        answer.assert_error(405, &format!("{method} {path}"));
+        answer.assert_error(405, "", &format!("{method} {path}"));
         let allowed = answer
             .header("allow")
             .unwrap_or_else(|| panic!("{method} {path}: a 405 needs an Allow header: {answer:?}"));
@@ -383,7 +315,7 @@ async fn a_backend_removed_by_reload_is_409_while_it_drains() {
     for action in ["drain", "disable", "enable"] {
         post(splicer.admin, &action_path("p", &name, action))
             .await
-            .assert_error(409, &format!("{action} on a removed backend"));
+            .assert_error(409, "", &format!("{action} on a removed backend"));
     }
     assert_eq!(
         state_of(splicer.admin, b.addr).await.as_deref(),
@@ -397,7 +329,7 @@ async fn a_backend_removed_by_reload_is_409_while_it_drains() {
     .await;
     post(splicer.admin, &action_path("p", &name, "drain"))
         .await
-        .assert_error(404, "drain on a backend that is gone");
+        .assert_error(404, "", "drain on a backend that is gone");
     splicer.shutdown().await;
 }
 
@@ -439,7 +371,7 @@ async fn an_ipv6_backend_is_named_percent_encoded() {
         &action_path("p", "%5B%3A%3A1%5D%3A1", "drain"),
     )
     .await
-    .assert_error(404, "unknown IPv6 backend");
+    .assert_error(404, "", "unknown IPv6 backend");
     splicer.shutdown().await;
 }
 
@@ -467,7 +399,7 @@ async fn a_token_guards_every_post_and_no_get() {
     for headers in &refused {
         for path in [drain.as_str(), "/reload"] {
             let answer = request(admin, "POST", path, headers).await;
-            answer.assert_error(401, &format!("POST {path} with {headers:?}"));
+            answer.assert_error(401, "", &format!("POST {path} with {headers:?}"));
             assert_eq!(
                 answer.header("www-authenticate"),
                 Some("Bearer"),
@@ -504,9 +436,11 @@ async fn a_token_guards_every_post_and_no_get() {
     let answer = request(admin, "POST", "/reload", &right).await;
     assert_eq!(answer.code, 200, "{answer:?}");
     let enable = action_path("p", &a.addr.to_string(), "enable");
-    request(admin, "POST", &enable, &right)
-        .await
-        .assert_error(401, "the old token after the reload");
+    request(admin, "POST", &enable, &right).await.assert_error(
+        401,
+        "",
+        "the old token after the reload",
+    );
     let answer = request(admin, "POST", &enable, &["Authorization: Bearer n3w-token"]).await;
     assert_eq!(answer.code, 200, "{answer:?}");
     assert_eq!(answer.json()["state"], "up");

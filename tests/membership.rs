@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::admin::Answer;
 use common::load::{Load, Pace, Target};
 use common::{
     backends_toml, metric_value, metrics_text, start_splicer_file, status, wait_until, which_node,
@@ -68,43 +69,6 @@ fall = 2
     )
 }
 
-/// An admin answer.
-#[derive(Debug)]
-struct Answer {
-    code: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// `{"error":"..."}` with status `code` and a message containing `phrase`.
-    fn assert_error(&self, code: u16, phrase: &str, what: &str) {
-        assert_eq!(self.code, code, "{what}: {self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{what}"
-        );
-        let v = self.json();
-        let message = v["error"].as_str().unwrap_or("");
-        assert!(
-            v.as_object().map(|o| o.len()) == Some(1) && message.contains(phrase),
-            "{what}: expected an error containing {phrase:?}: {v}"
-        );
-    }
-}
-
 /// One admin request with `body`, carrying the bearer token when `token` is set.
 async fn admin(
     addr: SocketAddr,
@@ -113,40 +77,9 @@ async fn admin(
     body: &str,
     token: Option<&str>,
 ) -> Answer {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect to admin");
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        String::from_utf8(buf).expect("UTF-8 answer")
-    };
-    let text = tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("admin request timed out");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.lines();
-    let code = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Answer {
-        code,
-        headers,
-        body: body.to_string(),
-    }
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+    common::admin::request(addr, method, path, &headers, body).await
 }
 
 async fn add(addr: SocketAddr, backend: SocketAddr, weight: u32, token: Option<&str>) -> Answer {

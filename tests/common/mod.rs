@@ -2,6 +2,7 @@
 //! tiny HTTP(S) clients and bounded waits. Loopback only.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod installed;
 pub mod load;
 pub mod peer;
