@@ -306,11 +306,10 @@ impl AppState {
         let (mut up, mut total) = (0usize, 0usize);
         let mut failing_open = Vec::new();
         for p in self.pools() {
-            for b in p.members().iter() {
-                total += 1;
-                up += usize::from(b.state() == BackendState::Up);
-            }
-            if p.is_failing_open() {
+            let s = p.snapshot();
+            total += s.members.len();
+            up += s.up_count();
+            if s.fail_open {
                 failing_open.push(p.name.to_string());
             }
         }

@@ -8,9 +8,12 @@
 //! ```text
 //! config file ─► config::load (serde mirror → validated Config)
 //!                 └─► app::start
-//!                      ├─ pool::start per pool ─ supervisor task (only writer of backend state)
-//!                      │     ▲ health::run_checks per backend (probe::Prober: TCP / TLS / HTTP)
-//!                      │     └─► ArcSwap<LiveSet> (published once per change)
+//!                      ├─ pool::start per pool ─ supervisor task: events → pool::machine (pure
+//!                      │     │   `apply(event, now) -> effects`) → effects performed
+//!                      │     ▲ health::run_checks per backend (probe::Prober: TCP / TLS / HTTP),
+//!                      │     ▲ health::cluster, discovery, admin / reload commands
+//!                      │     └─► ArcSwap<PoolSnapshot>: live set + states + fail-open + outage
+//!                      │           + cluster health, one store per change by the one writer
 //!                      ├─ net::listener::accept_loop per listener (max_connections backpressure)
 //!                      │     └─► proxy::serve per connection: pick (balance) → net::connect
 //!                      │           (retries) → net::pump (both ways) → access log
@@ -18,7 +21,8 @@
 //! ```
 //!
 //! Who owns what: `app` owns the tokens and task trackers (and so shutdown); each pool's
-//! supervisor owns its backends' health state; connections own nothing shared but an RAII
+//! supervisor owns its pool's state and alone publishes its [`pool::PoolSnapshot`], which the
+//! data path, `/status` and `/metrics` all read; connections own nothing shared but an RAII
 //! [`pool::Lease`] and counters; the admin API only reads.
 //!
 //! [`rig`] is the simulated cluster used by `splicer rig`, `splicer demo` and the tests.

@@ -31,7 +31,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::app::AppState;
 use crate::net::connect::ConnectFailure;
-use crate::pool::{Backend, BackendState, Pool};
+use crate::pool::{Backend, BackendState, Pool, PoolSnapshot};
 use crate::proxy::{ListenerCtx, RefusedReason};
 
 use self::process::ProcessStats;
@@ -304,6 +304,8 @@ struct BackendRow {
     /// `ip:port`, IPv6 in brackets (`SocketAddr`'s `Display`).
     address: String,
     backend: Arc<Backend>,
+    /// From the same snapshot as the pool's other rows.
+    state: BackendState,
 }
 
 impl BackendRow {
@@ -318,16 +320,19 @@ impl BackendRow {
 
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let backends: Vec<BackendRow> = self
-            .pools
+        // One snapshot per pool for the whole scrape: states, fail-open and outage agree.
+        let snapshots: Vec<(&Arc<Pool>, Arc<PoolSnapshot>)> =
+            self.pools.iter().map(|p| (p, p.snapshot())).collect();
+        let backends: Vec<BackendRow> = snapshots
             .iter()
-            .flat_map(|pool| {
-                pool.members()
+            .flat_map(|(pool, s)| {
+                s.members
                     .iter()
-                    .map(|b| BackendRow {
+                    .map(|m| BackendRow {
                         pool: Arc::clone(&pool.name),
-                        address: b.address.to_string(),
-                        backend: Arc::clone(b),
+                        address: m.backend.address.to_string(),
+                        backend: Arc::clone(&m.backend),
+                        state: m.state,
                     })
                     .collect::<Vec<_>>()
             })
@@ -336,14 +341,14 @@ impl Collector for Scrape {
         BACKEND_UP.encode(
             &mut enc,
             backends.iter().map(|r| {
-                let up = r.backend.state() == BackendState::Up;
+                let up = r.state == BackendState::Up;
                 (r.labels(), u64::from(up))
             }),
         )?;
         BACKEND_STATE.encode(
             &mut enc,
             backends.iter().flat_map(|r| {
-                let now = r.backend.state();
+                let now = r.state;
                 BACKEND_STATES
                     .iter()
                     .map(move |&s| (r.labels_and(s.as_str()), u64::from(s == now)))
@@ -468,30 +473,28 @@ impl Collector for Scrape {
         )?;
         POOL_FAIL_OPEN.encode(
             &mut enc,
-            self.pools
+            snapshots
                 .iter()
-                .map(|p| ([&*p.name], u64::from(p.is_failing_open()))),
+                .map(|(p, s)| ([&*p.name], u64::from(s.fail_open))),
         )?;
-        let cluster: Vec<(&Arc<Pool>, bool)> = self
-            .pools
+        let cluster: Vec<(&Arc<Pool>, bool)> = snapshots
             .iter()
-            .filter_map(|p| p.cluster_health().map(|c| (p, c.ok)))
+            .filter_map(|(p, s)| s.cluster_health.as_ref().map(|c| (*p, c.ok)))
             .collect();
         CLUSTER_HEALTH_UP.encode(
             &mut enc,
             cluster.iter().map(|(p, ok)| ([&*p.name], u64::from(*ok))),
         )?;
         // 0 or 1 for every service in shared_dependencies.
-        let outages: Vec<(&Arc<Pool>, String, bool)> = self
-            .pools
+        let outages: Vec<(&Arc<Pool>, String, bool)> = snapshots
             .iter()
-            .flat_map(|p| {
-                let now = p.shared_outage();
-                p.config()
+            .flat_map(|(p, s)| {
+                let now = &s.shared_outage;
+                s.config()
                     .health
                     .shared_dependencies
                     .iter()
-                    .map(|s| (p, s.clone(), now.contains(s)))
+                    .map(|s| (*p, s.clone(), now.contains(s)))
                     .collect::<Vec<_>>()
             })
             .collect();

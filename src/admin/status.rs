@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use crate::app::AppState;
-use crate::pool::{Backend, Pool};
+use crate::pool::{Member, Pool};
 use crate::status_doc::{
     BackendStatus, CheckStatus, ClusterHealthStatus, ListenerStatus, PoolStatus, Status,
 };
@@ -40,30 +40,33 @@ pub fn render(state: &AppState) -> String {
     serde_json::to_string(&build(state)).unwrap_or_else(|_| "{}".to_owned())
 }
 
-/// One pool's part of the document.
+/// One pool's part of the document, from one snapshot (so a backend shown `up` is one that
+/// new connections can reach).
 pub fn pool(p: &Pool) -> PoolStatus {
+    let s = p.snapshot();
     PoolStatus {
         name: p.name.to_string(),
-        balance: p.config().balance.as_str().to_owned(),
-        fail_open: p.is_failing_open(),
-        cluster_health: p.cluster_health().map(|c| ClusterHealthStatus {
+        balance: s.config().balance.as_str().to_owned(),
+        fail_open: s.fail_open,
+        cluster_health: s.cluster_health.clone().map(|c| ClusterHealthStatus {
             ok: c.ok,
             status: c.status,
             checked_at: timestamp(c.checked_at),
             backend: c.backend.map(|b| b.to_string()),
             error: c.error,
         }),
-        shared_outage: p.shared_outage().to_vec(),
-        backends: p.members().iter().map(|b| backend(b)).collect(),
+        shared_outage: s.shared_outage.clone(),
+        backends: s.members.iter().map(backend).collect(),
     }
 }
 
 /// One backend's part of the document.
-pub fn backend(b: &Backend) -> BackendStatus {
+pub fn backend(m: &Member) -> BackendStatus {
+    let b = &m.backend;
     BackendStatus {
         address: b.address.to_string(),
-        state: b.state().as_str().to_owned(),
-        weight: b.weight(),
+        state: m.state.as_str().to_owned(),
+        weight: m.weight,
         active_connections: b.active_connections(),
         total_connections: b.total_connections(),
         connect_failures: b.connect_failures(),
@@ -78,6 +81,6 @@ pub fn backend(b: &Backend) -> BackendStatus {
             services: c.services,
         }),
         // Only while passive marking is why it is down (its last check may still be a pass).
-        down_reason: b.passive_down(),
+        down_reason: m.down_reason.clone(),
     }
 }

@@ -8,12 +8,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::{error_chain, AppState, Persisted};
 use crate::config::{BackendConfig, PoolConfig};
 use crate::lifecycle::state_file::{self, State};
-use crate::pool::{AdminError, Backend};
+use crate::pool::{AdminError, Member};
 
 impl AppState {
     /// Adds `address` to `pool_name` at run time and records it before answering. It starts
@@ -24,7 +23,7 @@ impl AppState {
         pool_name: &str,
         address: SocketAddr,
         weight: u32,
-    ) -> Result<Arc<Backend>, AdminError> {
+    ) -> Result<Member, AdminError> {
         let Some(pool) = self.pool(pool_name) else {
             return Err(AdminError::UnknownPool(pool_name.to_string()));
         };

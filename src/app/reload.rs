@@ -128,7 +128,7 @@ impl AppState {
                 Ok(s) => started.push(s.pool),
                 Err(e) => {
                     for p in &started {
-                        p.retire(Duration::ZERO);
+                        p.retire(Duration::ZERO).await;
                     }
                     return Err(vec![format!(
                         "{}: pool {name}: cannot set up health checks: {}",
@@ -165,7 +165,7 @@ impl AppState {
                 .iter()
                 .find(|p| *p.name == **name && !p.is_retired())
             {
-                p.retire(drain_timeout);
+                p.retire(drain_timeout).await;
             }
         }
         // Only what joined: not a file member that stays out for its removal through the admin

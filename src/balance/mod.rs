@@ -1,6 +1,7 @@
 //! The four balancing algorithms, as one enum with one `pick` over a [`LiveSet`] snapshot.
-//! Picks never lock: round robin walks a precomputed order with an atomic cursor, the others
-//! read the backends' atomic connection counts.
+//! Picks never lock: round robin strides through the weight cycle with an atomic counter
+//! (O(log n) a pick, no table of the cycle), the others read the backends' atomic connection
+//! counts.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -33,19 +34,20 @@ pub fn pick(
 }
 
 fn round_robin(set: &LiveSet, eligible: impl Fn(&Backend) -> bool) -> Option<usize> {
-    let order = &set.rr_order;
-    if order.is_empty() {
-        return None;
-    }
-    // Bounded walk: at most one full cycle, so an all-excluded set ends.
-    for _ in 0..order.len() {
-        let slot = set.cursor.fetch_add(1, Ordering::Relaxed) % order.len();
-        let index = order[slot] as usize;
+    // A few strides, then a scan: exclusions (backends already tried) are few, and the scan
+    // bounds an all-excluded set.
+    for _ in 0..4 {
+        let k = set.cursor.fetch_add(1, Ordering::Relaxed) as u64;
+        let index = set.round_robin_at(k)?;
         if eligible(&set.members[index]) {
             return Some(index);
         }
     }
-    None
+    let n = set.members.len();
+    let start = set.cursor.load(Ordering::Relaxed) % n;
+    (0..n)
+        .map(|j| (start + j) % n)
+        .find(|&i| eligible(&set.members[i]))
 }
 
 /// Lower is better: active connections (plus the one being placed) per unit of weight,
@@ -161,7 +163,6 @@ fn mix(a: u128, b: u128) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::BackendState;
     use std::collections::HashMap;
 
     fn set(weights: &[u32]) -> LiveSet {
@@ -170,7 +171,7 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 let addr: SocketAddr = format!("127.0.0.{}:443", i + 2).parse().unwrap();
-                Arc::new(Backend::new("p".into(), addr, w, BackendState::Up))
+                (Arc::new(Backend::new("p".into(), addr)), w)
             })
             .collect();
         LiveSet::new(Arc::new(test_config()), members, false)
@@ -307,7 +308,7 @@ mod tests {
             .members
             .iter()
             .filter(|b| b.address != gone)
-            .cloned()
+            .map(|b| (b.clone(), 1))
             .collect();
         let smaller = LiveSet::new(Arc::new(test_config()), rest, false);
         let n = 5000;

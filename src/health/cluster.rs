@@ -1,12 +1,14 @@
 //! The cluster-wide probe of `[pool.cluster_health]`: every interval, one up backend (taking
 //! turns) is asked for the cluster's end-to-end health (Quay's `/health/endtoend`). The result
-//! is reported on `/status` and in metrics only; it never changes who gets connections, since a
-//! failing shared service is not something another backend could fix.
+//! goes to the pool's supervisor, which publishes it on `/status` and in metrics; it never
+//! changes who gets connections, since a failing shared service is not something another
+//! backend could fix.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::Prober;
@@ -27,19 +29,21 @@ pub struct ClusterHealth {
     pub checked_at: SystemTime,
 }
 
-/// Probes the cluster through `pool`'s up backends every `interval` until `stop`.
+/// Probes the cluster through `pool`'s up backends every `interval` until `stop`, sending each
+/// result to `results` (the pool's supervisor).
 pub async fn run(
     pool: Arc<Pool>,
     prober: Prober,
     port: u16,
     interval: Duration,
+    results: mpsc::Sender<ClusterHealth>,
     stop: CancellationToken,
 ) {
     let mut turn = 0usize;
-    let mut last_ok: Option<bool> = None;
     loop {
         let target = {
-            let set = pool.live();
+            let snapshot = pool.snapshot();
+            let set = &snapshot.live;
             if set.fail_open || set.members.is_empty() {
                 None
             } else {
@@ -73,16 +77,10 @@ pub async fn run(
                 }
             }
         };
-        if last_ok != Some(result.ok) {
-            if result.ok {
-                tracing::info!(pool = %pool.name, "cluster health ok");
-            } else {
-                tracing::warn!(pool = %pool.name, status = result.status,
-                    error = result.error.as_deref().unwrap_or(""), "cluster health failing");
-            }
-            last_ok = Some(result.ok);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            sent = results.send(result) => if sent.is_err() { return },
         }
-        pool.set_cluster_health(result);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}

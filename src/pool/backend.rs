@@ -1,9 +1,11 @@
-//! One backend: its identity, its state as last published by the pool supervisor, and the
-//! counters the data path bumps. The data path only touches atomics here; the one mutex
-//! (`last_check`) is written by the supervisor and read by the admin API.
+//! One backend: its identity and the counters the data path and the checks bump. Its state
+//! (up, down, weight, why) is not here but in the pool's published
+//! [`PoolSnapshot`](super::PoolSnapshot). The data path only touches atomics here; the one
+//! mutex (`last_check`, the latest observation) is written by the supervisor and read by the
+//! admin API.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -36,24 +38,6 @@ impl BackendState {
             BackendState::Disabled => "disabled",
         }
     }
-
-    fn to_u8(self) -> u8 {
-        match self {
-            BackendState::Up => 0,
-            BackendState::Down => 1,
-            BackendState::Draining => 2,
-            BackendState::Disabled => 3,
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => BackendState::Up,
-            2 => BackendState::Draining,
-            3 => BackendState::Disabled,
-            _ => BackendState::Down,
-        }
-    }
 }
 
 /// The latest health-check result of a backend.
@@ -80,8 +64,6 @@ pub struct Backend {
     pub pool: Arc<str>,
     /// Where connections go.
     pub address: SocketAddr,
-    weight: AtomicU32,
-    state: AtomicU8,
     /// Cancelled when a drain's deadline passes: cuts this backend's open connections.
     cut: ArcSwap<CancellationToken>,
     active: AtomicU64,
@@ -96,18 +78,14 @@ pub struct Backend {
     bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
     last_check: Mutex<Option<CheckRecord>>,
-    /// Why passive marking took it down (`/status`), until it is up again.
-    passive_down: Mutex<Option<String>>,
 }
 
 impl Backend {
-    /// A backend in state `state` with zeroed counters.
-    pub fn new(pool: Arc<str>, address: SocketAddr, weight: u32, state: BackendState) -> Self {
+    /// A backend of `pool` at `address` with zeroed counters.
+    pub fn new(pool: Arc<str>, address: SocketAddr) -> Self {
         Backend {
             pool,
             address,
-            weight: AtomicU32::new(weight),
-            state: AtomicU8::new(state.to_u8()),
             cut: ArcSwap::from_pointee(CancellationToken::new()),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -121,18 +99,7 @@ impl Backend {
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             last_check: Mutex::new(None),
-            passive_down: Mutex::new(None),
         }
-    }
-
-    /// Relative share of new connections.
-    pub fn weight(&self) -> u32 {
-        self.weight.load(Ordering::Relaxed)
-    }
-
-    /// Only the pool supervisor changes weights (on reload), before it republishes.
-    pub(crate) fn set_weight(&self, weight: u32) {
-        self.weight.store(weight, Ordering::Relaxed);
     }
 
     /// The token a new connection watches: cancelled when a drain of this backend times out.
@@ -151,16 +118,6 @@ impl Backend {
         if self.cut.load().is_cancelled() {
             self.cut.store(Arc::new(CancellationToken::new()));
         }
-    }
-
-    /// Current state (as last published by the pool supervisor).
-    pub fn state(&self) -> BackendState {
-        BackendState::from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    /// Only the pool supervisor calls this, right before it publishes a new live set.
-    pub(crate) fn set_state(&self, state: BackendState) {
-        self.state.store(state.to_u8(), Ordering::Release);
     }
 
     /// Proxied connections open now.
@@ -260,25 +217,10 @@ impl Backend {
         }
     }
 
-    /// Forgets past connect failures once the backend is back up, so passive marking re-arms
-    /// (and its reason goes).
+    /// Forgets past connect failures once the backend is back up, so passive marking re-arms.
     pub(crate) fn reset_consecutive_failures(&self) {
         self.consecutive_connect_failures
             .store(0, Ordering::Relaxed);
-        self.set_passive_down(None);
-    }
-
-    /// Why failed data-path connects marked it down, while that is why it is down: its last
-    /// check may still be a pass from before.
-    pub fn passive_down(&self) -> Option<String> {
-        self.passive_down.lock().map(|g| g.clone()).unwrap_or(None)
-    }
-
-    /// Only the pool supervisor sets this.
-    pub(crate) fn set_passive_down(&self, reason: Option<String>) {
-        if let Ok(mut g) = self.passive_down.lock() {
-            *g = reason;
-        }
     }
 
     /// Latest health-check result.

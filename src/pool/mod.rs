@@ -1,14 +1,16 @@
-//! A pool: its backends, the live set connections pick from, and the supervisor task that is
-//! the only writer of backend state. The data path calls [`Pool::pick`] (one `ArcSwap::load`)
-//! and reports connect failures through a non-blocking channel; the admin API and reloads send
-//! the supervisor commands and await its answer.
+//! A pool: its backends, the one snapshot everybody reads, and the supervisor task that alone
+//! writes it. The data path calls [`Pool::pick`] (one `ArcSwap::load`) and reports connect
+//! failures through a non-blocking channel; the admin API and reloads send the supervisor
+//! commands and await its answer. The decisions themselves are the pure [`machine`].
 
 mod backend;
 mod live_set;
+pub mod machine;
+mod snapshot;
 mod supervisor;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use crate::net::connect::ConnectFailure;
 
 pub use backend::{Backend, BackendState, CheckRecord, Lease};
 pub use live_set::LiveSet;
+pub use snapshot::{Member, PoolSnapshot};
 pub use supervisor::{start, start_prepared, PreparedProber, Started};
 
 /// An operator's action on one backend (admin API).
@@ -115,12 +118,15 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Reconfigured>,
     },
     /// The pool was removed by a reload: drain everything, then stop.
-    Retire { drain_timeout: Duration },
+    Retire {
+        drain_timeout: Duration,
+        reply: oneshot::Sender<()>,
+    },
     /// A member added at run time (admin API); it joins like one a reload adds.
     AddBackend {
         address: SocketAddr,
         weight: u32,
-        reply: oneshot::Sender<Result<Arc<Backend>, AdminError>>,
+        reply: oneshot::Sender<Result<Member, AdminError>>,
     },
     /// A member removed at run time (admin API); it drains like one a reload removes.
     RemoveBackend {
@@ -134,51 +140,43 @@ pub(crate) enum Command {
 pub struct Pool {
     /// Pool name.
     pub name: Arc<str>,
-    members: ArcSwap<Vec<Arc<Backend>>>,
-    live: ArcSwap<LiveSet>,
-    fail_open: AtomicBool,
-    retired: AtomicBool,
-    finished: AtomicBool,
-    shared_outage: ArcSwap<Vec<String>>,
-    cluster_health: ArcSwap<Option<ClusterHealth>>,
+    /// Written only by the supervisor, one store per change.
+    snapshot: ArcSwap<PoolSnapshot>,
     discovery_failures: Arc<std::sync::atomic::AtomicU64>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
 impl Pool {
-    /// Every backend, in config order, including removed ones still draining (for `/status`).
-    pub fn members(&self) -> Arc<Vec<Arc<Backend>>> {
-        self.members.load_full()
+    /// The pool as last published: live set, members' states, fail-open, outage, cluster
+    /// health, all from one consistent moment.
+    pub fn snapshot(&self) -> Arc<PoolSnapshot> {
+        self.snapshot.load_full()
     }
 
-    /// The current live set.
-    pub fn live(&self) -> arc_swap::Guard<Arc<LiveSet>> {
-        self.live.load()
+    /// Every backend, in config order, including removed ones still draining (for `/status`).
+    pub fn members(&self) -> Vec<Arc<Backend>> {
+        let snapshot = self.snapshot.load();
+        snapshot.members.iter().map(|m| m.backend.clone()).collect()
     }
 
     /// The settings now in force.
     pub fn config(&self) -> Arc<PoolConfig> {
-        Arc::clone(&self.live.load().config)
+        Arc::clone(self.snapshot.load().config())
     }
 
     /// Whether the pool is failing open (no backend up, spreading over down ones).
     pub fn is_failing_open(&self) -> bool {
-        self.fail_open.load(Ordering::Relaxed)
+        self.snapshot.load().fail_open
     }
 
     /// Shared services now in outage across the pool (backends failing only on them stay up).
-    pub fn shared_outage(&self) -> Arc<Vec<String>> {
-        self.shared_outage.load_full()
+    pub fn shared_outage(&self) -> Vec<String> {
+        self.snapshot.load().shared_outage.clone()
     }
 
     /// The latest `[pool.cluster_health]` result, if the pool has one.
     pub fn cluster_health(&self) -> Option<ClusterHealth> {
-        (*self.cluster_health.load_full()).clone()
-    }
-
-    /// Only the cluster-health task records results.
-    pub(crate) fn set_cluster_health(&self, result: ClusterHealth) {
-        self.cluster_health.store(Arc::new(Some(result)));
+        self.snapshot.load().cluster_health.clone()
     }
 
     /// DNS resolutions that failed (pools with `discover`); the last known members stayed.
@@ -188,29 +186,30 @@ impl Pool {
 
     /// Whether a reload removed this pool (it drains, then disappears).
     pub fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
+        self.snapshot.load().retired
     }
 
     /// Whether a retired pool has drained its last connection and stopped.
     pub fn is_finished(&self) -> bool {
-        self.finished.load(Ordering::Relaxed)
+        self.snapshot.load().finished
     }
 
     /// Whether a new connection could be placed now.
     pub fn has_live_backend(&self) -> bool {
-        !self.live.load().is_empty()
+        !self.snapshot.load().live.is_empty()
     }
 
     /// Picks a backend for a new connection from `client`, skipping `exclude`.
     pub fn pick(&self, client: IpAddr, exclude: &[SocketAddr]) -> Option<Arc<Backend>> {
-        let set = self.live.load();
-        balance::pick(set.config.balance, &set, client, exclude)
+        let snapshot = self.snapshot.load();
+        let set = &snapshot.live;
+        balance::pick(set.config.balance, set, client, exclude)
     }
 
     /// Records a failed data-path connect; tells the supervisor once the passive threshold is hit.
     pub fn report_connect_failure(&self, backend: &Backend, reason: ConnectFailure) {
         let consecutive = backend.record_connect_failure(reason);
-        let fall = self.live.load().config.passive_fall;
+        let fall = self.snapshot.load().config().passive_fall;
         // Exactly one failure sees the count equal to the threshold, so one message per episode.
         if fall > 0 && consecutive == fall {
             let _ = self.commands.send(Command::PassiveFailure {
@@ -244,7 +243,7 @@ impl Pool {
         &self,
         address: SocketAddr,
         weight: u32,
-    ) -> Result<Arc<Backend>, AdminError> {
+    ) -> Result<Member, AdminError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || AdminError::Stopped(self.name.to_string());
         self.commands
@@ -292,8 +291,18 @@ impl Pool {
     }
 
     /// Removes the pool: every backend drains for up to `drain_timeout`, then the pool stops.
-    pub fn retire(&self, drain_timeout: Duration) {
-        self.retired.store(true, Ordering::Relaxed);
-        let _ = self.commands.send(Command::Retire { drain_timeout });
+    /// Returns once the supervisor has published the pool as retired (or has stopped).
+    pub async fn retire(&self, drain_timeout: Duration) {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Retire {
+                drain_timeout,
+                reply,
+            })
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
     }
 }
