@@ -180,12 +180,19 @@ fn check_cost(
     println!("### CPU and memory per health check ({BACKENDS} backends, every {INTERVAL_MS} ms)\n");
     println!("| pools | check | balancer | checks/s | busiest 100 ms (checks/s) | CPU (% of a core) | CPU per check | resumed handshakes | RSS |");
     println!("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (pools, check) in [
-        (1, Check::Https),
-        (1, Check::Tcp),
-        (100, Check::Https),
-        (100, Check::Tcp),
-    ] {
+    let cases = [
+        (1, Check::Https, true),
+        (1, Check::Https, false),
+        (1, Check::Tcp, true),
+        (100, Check::Https, true),
+        (100, Check::Tcp, true),
+    ];
+    for (pools, check, resume) in cases {
+        // `false`: the target answers every handshake in full, as a server without resumption.
+        targets
+            .stats
+            .no_resumption
+            .store(!resume, Ordering::Relaxed);
         let mut spec = check_pools(targets, pools, check);
         // splicer needs a listener; an idle one costs nothing.
         spec.push(data_pool(data).0);
@@ -221,7 +228,9 @@ fn check_cost(
             } else {
                 format!("{:.0}", stats.peak_rate(t0, Instant::now()))
             };
-            let resumed = if check == Check::Https {
+            let resumed = if check == Check::Https && !resume {
+                "none (target refuses)".to_owned()
+            } else if check == Check::Https {
                 format!("{:.0}%", 100.0 * resumed / checks.max(1.0))
             } else {
                 "–".to_owned()
@@ -239,6 +248,7 @@ fn check_cost(
             );
         }
     }
+    targets.stats.no_resumption.store(false, Ordering::Relaxed);
     println!();
 }
 

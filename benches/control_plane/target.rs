@@ -36,6 +36,9 @@ pub struct Stats {
     pub resumed: AtomicU64,
     pub tcp_accepts: AtomicU64,
     failing: Vec<AtomicBool>,
+    /// Answer every handshake in full (no session cache, no tickets), as a server that does
+    /// not resume.
+    pub no_resumption: AtomicBool,
     last_status: Vec<AtomicU16>,
     /// Nanoseconds since `epoch` when an address first answered a status other than its
     /// previous one.
@@ -123,21 +126,30 @@ impl Targets {
             resumed: AtomicU64::new(0),
             tcp_accepts: AtomicU64::new(0),
             failing: (0..count).map(|_| AtomicBool::new(false)).collect(),
+            no_resumption: AtomicBool::new(false),
             last_status: (0..count).map(|_| AtomicU16::new(200)).collect(),
             changed_at: (0..count).map(|_| AtomicU64::new(0)).collect(),
             per_tick: (0..TICKS).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
         });
-        let acceptor = TlsAcceptor::from(server_config());
+        let acceptors = (
+            TlsAcceptor::from(server_config(true)),
+            TlsAcceptor::from(server_config(false)),
+        );
         let (https_port, tcp_port) = runtime.block_on(async {
             let https = bind_all(count).await;
             let tcp = bind_all(count).await;
             let ports = (https.1, tcp.1);
             for (i, l) in https.0.into_iter().enumerate() {
-                let (stats, acceptor) = (stats.clone(), acceptor.clone());
+                let (stats, acceptors) = (stats.clone(), acceptors.clone());
                 tokio::spawn(async move {
                     while let Ok((s, _)) = l.accept().await {
-                        let (stats, acceptor) = (stats.clone(), acceptor.clone());
+                        let acceptor = if stats.no_resumption.load(Ordering::Relaxed) {
+                            acceptors.1.clone()
+                        } else {
+                            acceptors.0.clone()
+                        };
+                        let stats = stats.clone();
                         tokio::spawn(async move {
                             let _ = tokio::time::timeout(CONN_LIMIT, async {
                                 let tls = acceptor.accept(s).await.ok()?;
@@ -223,9 +235,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(1024)
 }
 
-/// ECDSA P-256 self-signed (rcgen's default key), resuming by tickets (TLS 1.3 and 1.2) and by
-/// session id (TLS 1.2) as common servers do.
-fn server_config() -> Arc<ServerConfig> {
+/// ECDSA P-256 self-signed (rcgen's default key); with `resume`, resuming by tickets (TLS 1.3
+/// and 1.2) and by session id (TLS 1.2) as common servers do.
+fn server_config(resume: bool) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let ck = rcgen::generate_simple_self_signed(vec!["target.test".to_owned()]).expect("cert");
     let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()));
@@ -235,8 +247,13 @@ fn server_config() -> Arc<ServerConfig> {
         .with_no_client_auth()
         .with_single_cert(vec![ck.cert.der().clone()], key)
         .expect("server config");
-    config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
-    config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+    if resume {
+        config.ticketer = rustls::crypto::ring::Ticketer::new().expect("ticketer");
+        config.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+    } else {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
