@@ -7,6 +7,7 @@
 //! ```text
 //! cargo bench --bench control_plane                 # every scenario (about 5 minutes)
 //! cargo bench --bench control_plane -- quick        # short windows, few repetitions (~2 min)
+//! cargo bench --bench control_plane -- checks flips # only these (also: scale, reload20k)
 //! cargo bench --bench control_plane -- no-haproxy
 //! ```
 //!
