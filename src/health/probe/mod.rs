@@ -1,10 +1,12 @@
 //! The active health-check probe: one connection per check (TCP, then TLS for `https`, then one
 //! HTTP/1.1 `GET`), judged against `expect_status`. This module only talks to sockets; the
-//! rise/fall hysteresis and the live-set updates live elsewhere in `health`.
+//! rise/fall hysteresis and the live-set updates live elsewhere in `health`. `https` checks
+//! resume each backend's last TLS session (`sessions`).
 //!
 //! Everything a backend sends is untrusted: every failure becomes a [`ProbeError`] whose Display
 //! is a short reason shown verbatim in logs and `/status`, never a panic.
 
+mod sessions;
 mod tls;
 
 use std::fmt;
@@ -59,12 +61,12 @@ struct Settings {
     proxy_header: Option<Vec<u8>>,
 }
 
-/// The check kind with what it needs, so an `https` check always has its TLS connector.
+/// The check kind with what it needs, so an `https` check always has its TLS settings.
 enum Check {
     None,
     Tcp,
     Http,
-    Https(TlsConnector),
+    Https(Box<sessions::Sessions>),
 }
 
 impl Check {
@@ -183,7 +185,9 @@ impl Prober {
             CheckKind::None => Check::None,
             CheckKind::Tcp => Check::Tcp,
             CheckKind::Http => Check::Http,
-            CheckKind::Https => Check::Https(TlsConnector::from(tls::client_config(health)?)),
+            CheckKind::Https => Check::Https(Box::new(sessions::Sessions::new(
+                tls::client_config(health)?,
+            ))),
         };
         let server_name = match (&check, host) {
             (Check::Https(_), Some(h)) => {
@@ -236,7 +240,8 @@ impl Prober {
                 let tcp = connect(addr, s.proxy_header.as_deref()).await?;
                 self.exchange(tcp, addr, seen).await
             }
-            Check::Https(connector) => {
+            Check::Https(sessions) => {
+                let connector = TlsConnector::from(sessions.config_for(addr));
                 let tcp = connect(addr, s.proxy_header.as_deref()).await?;
                 let name = s
                     .server_name

@@ -73,8 +73,9 @@ pub enum ProbeSetupError {
 }
 
 /// The client config for `https` checks, with its own ring provider so nothing depends on a
-/// process-wide default provider having been installed.
-pub(super) fn client_config(health: &HealthConfig) -> Result<Arc<ClientConfig>, ProbeSetupError> {
+/// process-wide default provider having been installed. Its resumption store is replaced per
+/// backend (see `sessions`).
+pub(super) fn client_config(health: &HealthConfig) -> Result<ClientConfig, ProbeSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -92,7 +93,7 @@ pub(super) fn client_config(health: &HealthConfig) -> Result<Arc<ClientConfig>, 
             .with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 fn roots_from_pem(path: &Path) -> Result<RootCertStore, ProbeSetupError> {

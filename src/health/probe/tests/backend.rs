@@ -10,7 +10,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::Acceptor;
-use rustls::ServerConfig;
+use rustls::{HandshakeKind, ServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -38,6 +38,8 @@ pub(super) enum Event {
         sni: Option<String>,
         alpn: Vec<Vec<u8>>,
     },
+    /// The TLS handshake completed, in full or by resuming a session.
+    Handshake(HandshakeKind),
     Request(String),
     ProbeClosed,
 }
@@ -56,7 +58,28 @@ impl Drop for Backend {
 
 impl Backend {
     pub(super) async fn start(tls: Option<Arc<ServerConfig>>, reply: Reply) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Backend::start_at(any, tls, reply).await
+    }
+
+    /// Like [`Backend::start`] on a given address, e.g. one a dropped backend just released
+    /// (its listener closes once the runtime drops the aborted task, hence the retries).
+    pub(super) async fn start_at(
+        at: SocketAddr,
+        tls: Option<Arc<ServerConfig>>,
+        reply: Reply,
+    ) -> Backend {
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(at).await {
+                Ok(l) => break l,
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot bind {at}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -89,6 +112,14 @@ impl Backend {
         }
     }
 
+    pub(super) async fn next_handshake(&mut self) -> HandshakeKind {
+        loop {
+            if let Event::Handshake(kind) = self.next_event().await {
+                return kind;
+            }
+        }
+    }
+
     pub(super) async fn next_hello(&mut self) -> (Option<String>, Vec<Vec<u8>>) {
         loop {
             if let Event::Hello { sni, alpn } = self.next_event().await {
@@ -116,6 +147,9 @@ async fn serve(
                 .unwrap_or_default();
             let _ = tx.send(Event::Hello { sni, alpn });
             let stream = start.into_stream(config).await?;
+            if let Some(kind) = stream.get_ref().1.handshake_kind() {
+                let _ = tx.send(Event::Handshake(kind));
+            }
             answer(stream, reply, tx).await
         }
     }
@@ -183,6 +217,15 @@ pub(super) fn self_signed_tls() -> Arc<ServerConfig> {
     let ck = rcgen::generate_simple_self_signed(vec!["self.test".to_owned()]).unwrap();
     let key = PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der());
     server_config(ck.cert.der().clone(), key.into())
+}
+
+/// Like [`self_signed_tls`], for a backend that neither keeps sessions nor issues tickets, so
+/// every handshake is a full one.
+pub(super) fn no_resumption_tls() -> Arc<ServerConfig> {
+    let mut config = Arc::unwrap_or_clone(self_signed_tls());
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Arc::new(config)
 }
 
 /// A CA, as PEM in a temporary file the prober can read.

@@ -1,6 +1,7 @@
 //! Real sockets on 127.0.0.1 port 0 and real TLS against the test backend in `backend`.
 
 mod backend;
+mod resumption;
 
 use std::net::SocketAddr;
 use std::time::Duration;
