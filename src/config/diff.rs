@@ -194,13 +194,13 @@ fn listener_settings(o: &ListenerConfig, n: &ListenerConfig) -> Vec<&'static str
 }
 
 fn pool_settings(o: &PoolConfig, n: &PoolConfig) -> Vec<&'static str> {
-    let weight = |p: &PoolConfig, a: SocketAddr| {
-        p.backends.iter().find(|b| b.address == a).map(|b| b.weight)
-    };
+    // A map, not a search per backend: a pool may list tens of thousands.
+    let new_weights: std::collections::HashMap<SocketAddr, u32> =
+        n.backends.iter().map(|b| (b.address, b.weight)).collect();
     let weights = o
         .backends
         .iter()
-        .any(|b| weight(n, b.address).is_some_and(|w| w != b.weight));
+        .any(|b| new_weights.get(&b.address).is_some_and(|w| *w != b.weight));
     let membership = addresses(o) != addresses(n);
     let (oh, nh) = (&o.health, &n.health);
     let fields = [
