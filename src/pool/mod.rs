@@ -8,6 +8,8 @@ mod live_set;
 pub mod machine;
 mod snapshot;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
