@@ -296,6 +296,19 @@ impl AppState {
         )
     }
 
+    /// What `/metrics` reads now.
+    pub fn scrape(&self) -> crate::metrics::Scrape {
+        crate::metrics::Scrape {
+            pools: self.pools(),
+            listeners: self.listeners(),
+            reloads: self.reloads(),
+            access_log_dropped: self.access_log_dropped(),
+            state_file_errors: self.state_file_errors(),
+            upgrades: self.upgrades(),
+            process: crate::metrics::process::ProcessStats::read(),
+        }
+    }
+
     /// Whether a successor has taken the listening sockets (this process only drains now).
     pub fn is_handed_over(&self) -> bool {
         self.handed_over.is_cancelled()

@@ -38,6 +38,7 @@ pub mod console;
 pub mod discovery;
 pub mod edge;
 pub mod health;
+pub mod histogram;
 pub mod lifecycle;
 pub mod metrics;
 pub mod net;

@@ -6,15 +6,15 @@
 //! around one [`Collector`], so there is no global and nothing to keep in step with reloads: a
 //! pool or backend removed by a reload simply stops appearing.
 //!
-//! The two exceptions are [`histogram`], the fixed-bucket atomics that connections and health
-//! checks record durations into (a few relaxed adds each), and [`process`], which reads the
-//! standard `process_*` figures from `/proc/self` when scraped.
+//! Durations come from [`crate::histogram`], the fixed-bucket atomics that connections and
+//! health checks record into (a few relaxed adds each); [`process`] reads the standard
+//! `process_*` figures from `/proc/self` when scraped. What to read comes in a [`Scrape`] that
+//! the app fills, so this module depends on the pools and listeners, never on the app.
 //!
 //! Adding a family is a constant below (name, help, label names — the label count is part of its
 //! type, so a sample with the wrong number of labels does not compile) and one `encode` call in
 //! `Scrape::encode`.
 
-pub mod histogram;
 pub mod process;
 
 use std::fmt;
@@ -29,7 +29,6 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::app::AppState;
 use crate::net::connect::ConnectFailure;
 use crate::pool::{Backend, BackendState, Pool, PoolSnapshot};
 use crate::proxy::{ListenerCtx, RefusedReason};
@@ -46,10 +45,10 @@ pub const GIT_COMMIT: &str = match option_env!("SPLICER_GIT_COMMIT") {
 /// Content type of [`render`]'s output: prometheus-client's text encoder writes OpenMetrics 1.0.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The OpenMetrics text for `GET /metrics`, read from `state` now.
-pub fn render(state: &AppState) -> String {
+/// The OpenMetrics text for `GET /metrics`, from what `scrape` read.
+pub fn render(scrape: Scrape) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape::of(state)));
+    registry.register_collector(Box::new(scrape));
     let mut out = String::new();
     // Writing to a String cannot fail and every family below is well-formed by construction, so
     // an error here is a bug; the truncated text (no `# EOF`) makes the scrape fail loudly.
@@ -272,30 +271,24 @@ const _: fn(BackendState) = |s| match s {
 // ---------------------------------------------------------------------------------------------
 // The collector.
 
-/// What one scrape reads: the pools and listeners serving now, and the reload counts.
+/// What one scrape reads: the pools and listeners serving now, and the process-wide counts.
+/// Filled by the app (`AppState::scrape`), so this module needs nothing of the app's.
 #[derive(Debug)]
-struct Scrape {
-    pools: Vec<Arc<Pool>>,
-    listeners: Vec<Arc<ListenerCtx>>,
-    reloads: (u64, u64),
-    access_log_dropped: u64,
-    state_file_errors: u64,
-    upgrades: (u64, u64),
-    process: ProcessStats,
-}
-
-impl Scrape {
-    fn of(state: &AppState) -> Self {
-        Scrape {
-            pools: state.pools(),
-            listeners: state.listeners(),
-            reloads: state.reloads(),
-            access_log_dropped: state.access_log_dropped(),
-            state_file_errors: state.state_file_errors(),
-            upgrades: state.upgrades(),
-            process: ProcessStats::read(),
-        }
-    }
+pub struct Scrape {
+    /// Pools serving now (and retired ones still draining).
+    pub pools: Vec<Arc<Pool>>,
+    /// Listeners serving now.
+    pub listeners: Vec<Arc<ListenerCtx>>,
+    /// Config reloads: (ok, failed).
+    pub reloads: (u64, u64),
+    /// Access-log lines dropped.
+    pub access_log_dropped: u64,
+    /// State-file read or write errors.
+    pub state_file_errors: u64,
+    /// Binary upgrades: (ok, failed).
+    pub upgrades: (u64, u64),
+    /// This process's own figures (`process_*`), read from /proc now.
+    pub process: ProcessStats,
 }
 
 /// One backend with its label values worked out once per scrape.

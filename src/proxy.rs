@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::config::{ListenerConfig, PoolConfig, SendProxy};
 use crate::edge::{ClientGuard, ClientTable, Refusal};
-use crate::metrics::histogram::ConnectionDurations;
+use crate::histogram::ConnectionDurations;
 use crate::net::connect::{connect, ConnectError, ConnectFailure};
 use crate::net::listener::Accepted;
 use crate::net::pump::{self, End, Traffic};

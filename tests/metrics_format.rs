@@ -628,7 +628,7 @@ async fn dead_addr() -> SocketAddr {
 /// `/metrics` of the splicer under test, parsed strictly (a parse error fails the test).
 fn scrape(splicer: &Splicer) -> Exposition {
     let running = splicer.running.as_ref().expect("splicer is running");
-    let text = splicer::metrics::render(running.state());
+    let text = splicer::metrics::render(running.state().scrape());
     parse(&text).unwrap_or_else(|e| panic!("/metrics is not valid OpenMetrics: {e}\n---\n{text}"))
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use common::prometheus::{sample_value, Prometheus};
 use common::{backend_state, backends_toml, control, rig, start_splicer, wait_until, WAIT};
-use splicer::metrics::histogram::CONNECTION_DURATION_BUCKETS;
+use splicer::histogram::CONNECTION_DURATION_BUCKETS;
 
 /// Client connections the test makes through splicer.
 const CONNECTIONS: usize = 30;

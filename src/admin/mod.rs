@@ -277,7 +277,7 @@ async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<F
         ["metrics"] if is_read => respond(
             StatusCode::OK,
             metrics::CONTENT_TYPE,
-            Bytes::from(metrics::render(state)),
+            Bytes::from(metrics::render(state.scrape())),
         ),
         ["health"] | ["ready"] | ["status"] | ["metrics"] => method_not_allowed("GET, HEAD"),
         ["reload"] if is_post => {

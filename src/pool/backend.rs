@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::histogram::{CheckDurations, ConnectDurations};
+use crate::histogram::{CheckDurations, ConnectDurations};
 use crate::net::connect::ConnectFailure;
 
 /// Administrative and health state of a backend, as shown on `/status`.
