@@ -28,8 +28,11 @@ mod sys;
 #[path = "control_plane/target.rs"]
 mod target;
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -121,7 +124,7 @@ fn main() {
     );
 
     let targets = Targets::start(BACKENDS + 1);
-    let data: Vec<SocketAddr> = (0..2).map(|_| byte_backend("127.0.0.1")).collect();
+    let data: Vec<SocketAddr> = (0..2).map(|_| support::byte_backend("127.0.0.1")).collect();
 
     let run = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if run("checks") {
@@ -267,7 +270,7 @@ fn scale_pools(
 ) -> (Vec<Pool>, SocketAddr, SocketAddr) {
     let mut pools = check_pools(targets, 1, big_check);
     pools[0].name = "big".to_owned();
-    let flip_byte = byte_backend(&target::ip(FLIP).to_string());
+    let flip_byte = support::byte_backend(&target::ip(FLIP).to_string());
     let flip_listen = free_addr();
     let mut flip = Pool::checked(
         "flip".to_owned(),
@@ -572,22 +575,4 @@ impl Drop for Load {
             let _ = t.join();
         }
     }
-}
-
-/// A backend on `ip` (port chosen by the kernel) that answers each connection's byte with one
-/// byte, then closes.
-fn byte_backend(ip: &str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).expect("bind a byte backend");
-    let addr = listener.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-            let mut b = [0u8; 1];
-            if s.read_exact(&mut b).is_ok() {
-                let _ = s.write_all(&b);
-            }
-        }
-    });
-    addr
 }

@@ -12,6 +12,9 @@
 //! addresses (so the per-client table sees many clients): connect, send a byte, read the
 //! backend's byte, close. Loopback only; every loop is bounded by its run's time.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -24,25 +27,12 @@ const SOURCES: u8 = 190;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo test --all-targets` runs bench binaries without `--bench`: nothing to measure then.
-    if !args.iter().any(|a| a == "--bench") {
+    let Some((runs, secs)) =
+        support::runs_and_secs("usage: cargo bench --bench edge -- [runs N] [secs S]")
+    else {
         return;
-    }
-    let (mut runs, mut secs) = (5usize, 3.0f64);
-    let mut it = args.iter().filter(|a| *a != "--bench");
-    while let Some(a) = it.next() {
-        let value = it.next().and_then(|v| v.parse::<f64>().ok());
-        match (a.as_str(), value) {
-            ("runs", Some(n)) if (1.0..=50.0).contains(&n) => runs = n as usize,
-            ("secs", Some(s)) if (0.5..=60.0).contains(&s) => secs = s,
-            _ => {
-                eprintln!("usage: cargo bench --bench edge -- [runs N] [secs S]");
-                std::process::exit(2);
-            }
-        }
-    }
-    let backend = byte_backend();
+    };
+    let backend = support::byte_backend("127.0.0.1");
     let plain = Splicer::start(backend, "");
     let deny: Vec<String> = (0..64).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
     let edge = Splicer::start(
@@ -66,7 +56,7 @@ fn main() {
             with[run]
         );
     }
-    let (a, b) = (median(&mut without), median(&mut with));
+    let (a, b) = (support::median(&mut without), support::median(&mut with));
     println!("| | new connections/s (median) |");
     println!("| --- | ---: |");
     println!("| no edge settings | {a:.0} |");
@@ -74,28 +64,6 @@ fn main() {
         "| allow + 64 deny CIDRs + per-client limit and rate | {b:.0} ({:+.1}%) |",
         (b / a - 1.0) * 100.0
     );
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// A backend that answers each connection's byte with one byte, then closes.
-fn byte_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the backend");
-    let addr = listener.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-            let mut b = [0u8; 1];
-            if s.read_exact(&mut b).is_ok() {
-                let _ = s.write_all(&b);
-            }
-        }
-    });
-    addr
 }
 
 /// Connections completed per second against `addr` for `secs`.

@@ -16,6 +16,9 @@
 //! `chromium` and `prometheus` (Debian packages; scripts/test installs them). Loopback only;
 //! every loop is bounded by its phase's time.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -30,26 +33,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const START_WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // `cargo test --all-targets` runs bench binaries without `--bench`: nothing to measure then.
-    if !args.iter().any(|a| a == "--bench") {
+    let Some((runs, secs)) =
+        support::runs_and_secs("usage: cargo bench --bench observed -- [runs N] [secs S]")
+    else {
         return;
-    }
-    let (mut runs, mut secs) = (5usize, 3.0f64);
-    let mut it = args.iter().filter(|a| *a != "--bench");
-    while let Some(a) = it.next() {
-        let value = it.next().and_then(|v| v.parse::<f64>().ok());
-        match (a.as_str(), value) {
-            ("runs", Some(n)) if (1.0..=50.0).contains(&n) => runs = n as usize,
-            ("secs", Some(s)) if (0.5..=60.0).contains(&s) => secs = s,
-            _ => {
-                eprintln!("usage: cargo bench --bench observed -- [runs N] [secs S]");
-                std::process::exit(2);
-            }
-        }
-    }
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let backends: Vec<SocketAddr> = (0..3).map(|_| byte_backend()).collect();
+    let backends: Vec<SocketAddr> = (0..3).map(|_| support::byte_backend("127.0.0.1")).collect();
     let splicer = Splicer::start(dir.path(), &backends);
     let dashboard = format!("http://{}/", splicer.admin);
     let chromium = Watcher::chromium(dir.path(), &dashboard);
@@ -83,8 +73,11 @@ fn main() {
     }
     assert!(chromium.is_alive(), "chromium exited during the run");
     assert!(prometheus.is_alive(), "prometheus exited during the run");
-    let (a, b) = (median(&mut quiet), median(&mut watched));
-    let (ca, cb) = (median(&mut quiet_cpu), median(&mut watched_cpu));
+    let (a, b) = (support::median(&mut quiet), support::median(&mut watched));
+    let (ca, cb) = (
+        support::median(&mut quiet_cpu),
+        support::median(&mut watched_cpu),
+    );
     println!("| | new connections/s (median) | splicer CPU per connection (median) |");
     println!("| --- | ---: | ---: |");
     println!("| quiet | {a:.0} | {ca:.1} µs |");
@@ -93,11 +86,6 @@ fn main() {
         (b / a - 1.0) * 100.0,
         (cb / ca - 1.0) * 100.0
     );
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Connections/s through splicer for `secs`, and splicer's CPU µs per connection meanwhile.
@@ -157,23 +145,6 @@ fn one_connection(to: SocketAddr) -> bool {
     let _ = s.set_read_timeout(Some(IO_TIMEOUT));
     let mut b = [7u8; 1];
     s.write_all(&b).is_ok() && s.read_exact(&mut b).is_ok()
-}
-
-/// A backend that answers each connection's byte with one byte, then closes.
-fn byte_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
-    let addr = listener.local_addr().expect("backend addr");
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-            let mut b = [0u8; 1];
-            if s.read_exact(&mut b).is_ok() {
-                let _ = s.write_all(&b);
-            }
-        }
-    });
-    addr
 }
 
 fn free_addr() -> SocketAddr {
