@@ -174,24 +174,11 @@ mod tests {
                 (Arc::new(Backend::new("p".into(), addr)), w)
             })
             .collect();
-        LiveSet::new(Arc::new(test_config()), members, false)
-    }
-
-    fn test_config() -> crate::config::PoolConfig {
-        crate::config::PoolConfig {
-            name: "p".into(),
-            balance: BalanceKind::RoundRobin,
-            backends: Vec::new(),
-            discover: None,
-            send_proxy: Default::default(),
-            slow_start: None,
-            cluster_health: None,
-            connect_timeout: std::time::Duration::from_secs(1),
-            retries: 0,
-            fail_open: true,
-            passive_fall: 0,
-            health: Default::default(),
-        }
+        LiveSet::new(
+            Arc::new(crate::config::PoolConfig::for_tests()),
+            members,
+            false,
+        )
     }
 
     fn counts(kind: BalanceKind, s: &LiveSet, n: usize) -> HashMap<SocketAddr, usize> {
@@ -231,7 +218,7 @@ mod tests {
         }
         assert!(pick(
             BalanceKind::RoundRobin,
-            &LiveSet::empty(Arc::new(test_config())),
+            &LiveSet::empty(Arc::new(crate::config::PoolConfig::for_tests())),
             IpAddr::from([1, 1, 1, 1]),
             &[]
         )
@@ -310,7 +297,11 @@ mod tests {
             .filter(|b| b.address != gone)
             .map(|b| (b.clone(), 1))
             .collect();
-        let smaller = LiveSet::new(Arc::new(test_config()), rest, false);
+        let smaller = LiveSet::new(
+            Arc::new(crate::config::PoolConfig::for_tests()),
+            rest,
+            false,
+        );
         let n = 5000;
         let mut moved = 0;
         for i in 0..n {

@@ -487,6 +487,27 @@ pub struct PoolConfig {
     pub cluster_health: Option<ClusterHealthConfig>,
 }
 
+#[cfg(test)]
+impl PoolConfig {
+    /// A round-robin pool named `p` with no backends and default checks, for unit tests.
+    pub(crate) fn for_tests() -> PoolConfig {
+        PoolConfig {
+            name: "p".into(),
+            balance: BalanceKind::RoundRobin,
+            backends: Vec::new(),
+            discover: None,
+            send_proxy: Default::default(),
+            slow_start: None,
+            cluster_health: None,
+            connect_timeout: Duration::from_secs(1),
+            retries: 0,
+            fail_open: true,
+            passive_fall: 0,
+            health: Default::default(),
+        }
+    }
+}
+
 /// Kind of active health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckKind {

@@ -144,24 +144,11 @@ mod tests {
                 (Arc::new(Backend::new("p".into(), addr)), w)
             })
             .collect();
-        LiveSet::new(Arc::new(test_config()), members, false)
-    }
-
-    fn test_config() -> PoolConfig {
-        PoolConfig {
-            name: "p".into(),
-            balance: crate::config::BalanceKind::RoundRobin,
-            backends: Vec::new(),
-            discover: None,
-            send_proxy: Default::default(),
-            slow_start: None,
-            cluster_health: None,
-            connect_timeout: std::time::Duration::from_secs(1),
-            retries: 0,
-            fail_open: true,
-            passive_fall: 0,
-            health: Default::default(),
-        }
+        LiveSet::new(
+            Arc::new(crate::config::PoolConfig::for_tests()),
+            members,
+            false,
+        )
     }
 
     fn order(s: &LiveSet, from: u64, n: u64) -> Vec<usize> {

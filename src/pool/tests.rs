@@ -21,28 +21,62 @@ fn pool_config(backends: &[SocketAddr], extra: &str) -> PoolConfig {
     parsed.expect("valid test config").pools.remove(0)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_drain_cuts_what_is_left_exactly_at_drain_timeout() {
-    let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+const A: &str = "127.0.0.1:1";
+const B: &str = "127.0.0.1:2";
+
+/// A started pool of `A` and `B` (checks `none`), its tasks and stop token, and `which`'s
+/// backend with one open connection (its lease) and its cut token.
+struct Fixture {
+    pool: Arc<Pool>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    lease: Lease,
+    cut: CancellationToken,
+}
+
+fn two_backends(drain_timeout: Duration, which: &str) -> Fixture {
+    let (a, b): (SocketAddr, SocketAddr) = (A.parse().unwrap(), B.parse().unwrap());
     let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-    let drain_timeout = Duration::from_secs(30);
-    let started = start(
+    let pool = start(
         pool_config(&[a, b], ""),
         drain_timeout,
         true,
         &tasks,
         stop.clone(),
     )
-    .expect("pool starts");
-    let pool = started.pool;
+    .expect("pool starts")
+    .pool;
+    let address: SocketAddr = which.parse().unwrap();
     let backend = pool
         .members()
         .into_iter()
-        .find(|m| m.address == a)
-        .expect("member a");
-    let lease = backend.connected();
-    let cut = backend.cut_token();
+        .find(|m| m.address == address)
+        .expect("the member");
+    let (lease, cut) = (backend.connected(), backend.cut_token());
+    Fixture {
+        pool,
+        tasks,
+        stop,
+        lease,
+        cut,
+    }
+}
+
+impl Fixture {
+    async fn stop(self) {
+        drop(self.lease);
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_cuts_what_is_left_exactly_at_drain_timeout() {
+    let (a, b): (SocketAddr, SocketAddr) = (A.parse().unwrap(), B.parse().unwrap());
+    let drain_timeout = Duration::from_secs(30);
+    let f = two_backends(drain_timeout, A);
+    let (pool, cut) = (&f.pool, &f.cut);
 
     let drained_at = tokio::time::Instant::now();
     assert_eq!(
@@ -68,34 +102,20 @@ async fn a_drain_cuts_what_is_left_exactly_at_drain_timeout() {
             .expect("a pick");
         assert_eq!(picked.address, b);
     }
-    drop(lease);
-    stop.cancel();
-    tasks.close();
-    tasks.wait().await;
+    f.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_removed_backend_leaves_once_its_last_connection_ends() {
-    let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-    let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+    let b: SocketAddr = B.parse().unwrap();
     let drain_timeout = Duration::from_secs(30);
-    let started = start(
-        pool_config(&[a, b], ""),
-        drain_timeout,
-        true,
-        &tasks,
-        stop.clone(),
-    )
-    .expect("pool starts");
-    let pool = started.pool;
-    let backend = pool
-        .members()
-        .into_iter()
-        .find(|m| m.address == b)
-        .expect("member b");
-    let lease = backend.connected();
-    let cut = backend.cut_token();
+    let Fixture {
+        pool,
+        tasks,
+        stop,
+        lease,
+        cut,
+    } = two_backends(drain_timeout, B);
     pool.remove_backend(b).await.expect("remove b");
     let listed = |pool: &Pool| pool.members().iter().any(|m| m.address == b);
     // Its connection keeps it listed (draining) up to drain_timeout...
