@@ -1,6 +1,8 @@
-//! Wires a validated config into running parts: pools (with their supervisors and checks),
-//! listeners and the admin API, and applies reloads as a diff. Owns the cancellation tokens and
-//! task trackers, and so the order of start-up, reload and shutdown.
+//! Wires a validated config into running parts: pools (with their supervisors and checks) and
+//! listeners, hands the admin API's socket to whoever serves it (`server`), and applies
+//! reloads as a diff. Owns the cancellation tokens and task trackers, and so the order of
+//! start-up, reload and shutdown. Knows nothing of the admin API but its socket: the API reads
+//! [`AppState`], not the other way round.
 
 mod membership;
 mod reload;
@@ -18,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::admin;
 use crate::config::{AdminToken, Config, ListenerConfig};
+use crate::error_chain::error_chain;
 use crate::health::probe::ProbeSetupError;
 use crate::lifecycle::state_file::{self, Decision};
 use crate::lifecycle::upgrade::{self, UpgradeError, Upgraded};
@@ -196,7 +198,9 @@ pub struct AppState {
     upgrading: AtomicBool,
     upgrades_ok: AtomicU64,
     upgrades_failed: AtomicU64,
-    persisted: tokio::sync::Mutex<Persisted>,
+    /// In an `Arc` so start-up can hold the lock (owned) from before the admin API accepts
+    /// until the state file is restored.
+    persisted: Arc<tokio::sync::Mutex<Persisted>>,
     state_file_errors: AtomicU64,
 }
 
@@ -382,7 +386,7 @@ impl AppState {
     /// runtime members were already part of the pools' start-up round). `persisted` is held
     /// from before the admin API accepts: an action arriving during start-up waits, and then
     /// applies over the restored state instead of writing a file without it.
-    async fn restore_state_file(&self, persisted: tokio::sync::MutexGuard<'_, Persisted>) {
+    async fn restore_state_file(&self, persisted: tokio::sync::OwnedMutexGuard<Persisted>) {
         let Some(path) = persisted.path.clone() else {
             return;
         };
@@ -495,18 +499,6 @@ fn route_pools(lc: &ListenerConfig, pools: &[Arc<Pool>]) -> Vec<(String, Arc<Poo
         .collect()
 }
 
-/// An error and its causes on one line, for messages that outlive the error value.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 /// A running splicer.
 pub struct Running {
     state: Arc<AppState>,
@@ -518,182 +510,243 @@ const STARTUP_SLACK: Duration = Duration::from_millis(500);
 /// Time tasks get to finish once told to stop, before shutdown gives up on them.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Starts pools, runs the start-up health round, then opens the listeners.
-pub async fn start(config: Config, bound: Bound) -> Result<Running, AppError> {
-    start_with(config, bound, Lifecycle::default()).await
+/// A splicer part-way through its start: pools run their start-up round and the admin API's
+/// socket waits to be served; listeners are not open yet. `server::start_with` is the
+/// one caller: `begin`, serve the admin API, `finish`.
+pub struct Starting {
+    state: Arc<AppState>,
+    config: Config,
+    initial_rounds: Vec<tokio::sync::oneshot::Receiver<()>>,
+    sockets: Vec<(ListenerConfig, Arc<TcpListener>)>,
+    admin: Option<AdminSocket>,
+    admin_addr: Option<SocketAddr>,
+    /// Taken before the admin API accepts, released once the state file is restored: an admin
+    /// action arriving during start-up waits, then applies over the restored state.
+    restoring: tokio::sync::OwnedMutexGuard<Persisted>,
+    ready_pipe: Option<ReadyPipe>,
 }
 
-/// [`start`] with what the process brings: once the listeners accept, it reports ready to the
-/// process it replaces (an upgrade) and to the service manager, and keeps the watchdog fed.
-pub async fn start_with(
-    config: Config,
-    bound: Bound,
-    lifecycle: Lifecycle,
-) -> Result<Running, AppError> {
-    let background = TaskTracker::new();
-    let stop_background = CancellationToken::new();
+/// The admin API's listening socket and when to stop serving it.
+pub struct AdminSocket {
+    /// The socket (shared with the app, which hands it to a successor at an upgrade).
+    pub listener: Arc<TcpListener>,
+    /// Cancelled at a hand-over (the successor answers from then on) or a stop.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled at the stop: open admin connections end.
+    pub stop: CancellationToken,
+}
 
-    // Read before the pools start: members added or removed through the admin API take part
-    // in the start-up round like the file's own, and a removed one never sees a client.
-    let (restored, state_file_errors) =
-        membership::read_state_file(config.runtime.state_file.as_deref()).await;
-    let mut pools = Vec::with_capacity(config.pools.len());
-    let mut initial_rounds = Vec::new();
-    for p in &config.pools {
-        let started = pool::start(
-            membership::effective_pool(p, &restored),
-            config.runtime.drain_timeout,
-            true,
-            &background,
-            stop_background.clone(),
-        )
-        .map_err(|source| AppError::Health {
-            pool: p.name.clone(),
-            source,
-        })?;
-        pools.push(started.pool);
-        initial_rounds.push(started.initial_round);
-    }
+impl Starting {
+    /// Starts the pools (each begins its start-up health round) and registers the sockets.
+    pub async fn begin(
+        config: Config,
+        bound: Bound,
+        lifecycle: Lifecycle,
+    ) -> Result<Starting, AppError> {
+        let background = TaskTracker::new();
+        let stop_background = CancellationToken::new();
 
-    let mut sockets = Vec::with_capacity(bound.listeners.len());
-    for (lc, socket) in bound.listeners {
-        let local = socket.local_addr().unwrap_or(lc.bind);
-        let socket = TcpListener::from_std(socket).map_err(|source| AppError::Register {
-            addr: local,
-            source,
-        })?;
-        sockets.push((lc, Arc::new(socket)));
-    }
+        // Read before the pools start: members added or removed through the admin API take
+        // part in the start-up round like the file's own, and a removed one never sees a client.
+        let (restored, state_file_errors) =
+            membership::read_state_file(config.runtime.state_file.as_deref()).await;
+        let mut pools = Vec::with_capacity(config.pools.len());
+        let mut initial_rounds = Vec::new();
+        for p in &config.pools {
+            let started = pool::start(
+                membership::effective_pool(p, &restored),
+                config.runtime.drain_timeout,
+                true,
+                &background,
+                stop_background.clone(),
+            )
+            .map_err(|source| AppError::Health {
+                pool: p.name.clone(),
+                source,
+            })?;
+            pools.push(started.pool);
+            initial_rounds.push(started.initial_round);
+        }
 
-    let state = Arc::new(AppState {
-        started: Instant::now(),
-        pools: ArcSwap::from_pointee(pools),
-        listeners: ArcSwap::from_pointee(Vec::new()),
-        admin_token: ArcSwap::from_pointee(config.admin.as_ref().and_then(|a| a.token.clone())),
-        drain_timeout: ArcSwap::from_pointee(config.runtime.drain_timeout),
-        listening: AtomicBool::new(false),
-        shutting_down: AtomicBool::new(false),
-        reloads_ok: AtomicU64::new(0),
-        reloads_failed: AtomicU64::new(0),
-        control: tokio::sync::Mutex::new(Control {
-            config: config.clone(),
-            loops: Vec::new(),
-            admin: None,
-        }),
-        access_log: std::sync::OnceLock::new(),
-        background: background.clone(),
-        connections: TaskTracker::new(),
-        stop_background: stop_background.clone(),
-        stop_accepting: CancellationToken::new(),
-        stop_connections: CancellationToken::new(),
-        handed_over: CancellationToken::new(),
-        notifier: lifecycle.notifier.unwrap_or_else(Notifier::disabled),
-        executable: lifecycle.executable,
-        upgrading: AtomicBool::new(false),
-        upgrades_ok: AtomicU64::new(0),
-        upgrades_failed: AtomicU64::new(0),
-        persisted: tokio::sync::Mutex::new(Persisted {
+        let mut sockets = Vec::with_capacity(bound.listeners.len());
+        for (lc, socket) in bound.listeners {
+            let local = socket.local_addr().unwrap_or(lc.bind);
+            let socket = TcpListener::from_std(socket).map_err(|source| AppError::Register {
+                addr: local,
+                source,
+            })?;
+            sockets.push((lc, Arc::new(socket)));
+        }
+
+        let persisted = Arc::new(tokio::sync::Mutex::new(Persisted {
             path: config.runtime.state_file.clone(),
             state: restored,
             file_pools: config.pools.clone(),
-        }),
-        state_file_errors: AtomicU64::new(state_file_errors),
-    });
-
-    // Taken before the admin API accepts, released once the state file is restored.
-    let restoring = state.persisted.lock().await;
-    let mut admin_addr = None;
-    if let Some(socket) = bound.admin {
-        let addr = socket.local_addr().ok();
-        let listener = TcpListener::from_std(socket).map_err(|source| AppError::Register {
-            addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-            source,
-        })?;
-        let listener = Arc::new(listener);
-        admin_addr = addr;
-        state.control.lock().await.admin = Some(listener.clone());
-        // Accepting stops at a hand-over (the successor answers from then on); requests already
-        // accepted, such as the `POST /upgrade` that asked for it, still get their answer.
-        let stop_admin = stop_background.child_token();
-        let handed_over = state.handed_over.clone();
-        let stop_on_handover = stop_admin.clone();
-        // Ends with the admin API too: a task left waiting for a hand-over that never comes
-        // would hold every shutdown for STOP_GRACE.
-        background.spawn(async move {
-            tokio::select! {
-                _ = handed_over.cancelled() => stop_on_handover.cancel(),
-                _ = stop_on_handover.cancelled() => {}
-            }
+        }));
+        let restoring = persisted.clone().lock_owned().await;
+        let state = Arc::new(AppState {
+            started: Instant::now(),
+            pools: ArcSwap::from_pointee(pools),
+            listeners: ArcSwap::from_pointee(Vec::new()),
+            admin_token: ArcSwap::from_pointee(config.admin.as_ref().and_then(|a| a.token.clone())),
+            drain_timeout: ArcSwap::from_pointee(config.runtime.drain_timeout),
+            listening: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            control: tokio::sync::Mutex::new(Control {
+                config: config.clone(),
+                loops: Vec::new(),
+                admin: None,
+            }),
+            access_log: std::sync::OnceLock::new(),
+            background: background.clone(),
+            connections: TaskTracker::new(),
+            stop_background: stop_background.clone(),
+            stop_accepting: CancellationToken::new(),
+            stop_connections: CancellationToken::new(),
+            handed_over: CancellationToken::new(),
+            notifier: lifecycle.notifier.unwrap_or_else(Notifier::disabled),
+            executable: lifecycle.executable,
+            upgrading: AtomicBool::new(false),
+            upgrades_ok: AtomicU64::new(0),
+            upgrades_failed: AtomicU64::new(0),
+            persisted,
+            state_file_errors: AtomicU64::new(state_file_errors),
         });
-        background.spawn(admin::serve(
-            listener,
-            state.clone(),
-            stop_admin,
-            stop_background.clone(),
-        ));
+
+        let mut admin = None;
+        let mut admin_addr = None;
+        if let Some(socket) = bound.admin {
+            let addr = socket.local_addr().ok();
+            let listener = TcpListener::from_std(socket).map_err(|source| AppError::Register {
+                addr: addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                source,
+            })?;
+            let listener = Arc::new(listener);
+            admin_addr = addr;
+            state.control.lock().await.admin = Some(listener.clone());
+            // Accepting stops at a hand-over; requests already accepted, such as the
+            // `POST /upgrade` that asked for it, still get their answer.
+            let stop_accepting = stop_background.child_token();
+            let handed_over = state.handed_over.clone();
+            let stop_on_handover = stop_accepting.clone();
+            // Ends with the admin API too: a task left waiting for a hand-over that never comes
+            // would hold every shutdown for STOP_GRACE.
+            background.spawn(async move {
+                tokio::select! {
+                    _ = handed_over.cancelled() => stop_on_handover.cancel(),
+                    _ = stop_on_handover.cancelled() => {}
+                }
+            });
+            admin = Some(AdminSocket {
+                listener,
+                stop_accepting,
+                stop: stop_background.clone(),
+            });
+        }
+
+        Ok(Starting {
+            state,
+            config,
+            initial_rounds,
+            sockets,
+            admin,
+            admin_addr,
+            restoring,
+            ready_pipe: lifecycle.ready_pipe,
+        })
     }
 
-    // Listeners open once every backend had its first check (each pool bounds its own round).
-    let longest = config
-        .pools
-        .iter()
-        .map(|p| p.health.timeout)
-        .max()
-        .unwrap_or_default();
-    let _ = tokio::time::timeout(longest + STARTUP_SLACK, async {
-        for round in initial_rounds {
-            let _ = round.await;
-        }
-    })
-    .await;
-    // Operator decisions from before the restart or upgrade apply before the first client.
-    state.restore_state_file(restoring).await;
-
+    /// Hands the admin API's socket (when there is one) to `serve`, whose future runs as a
+    /// background task: it answers from now on, through the start-up round, and the shutdown
+    /// waits for it.
+    pub fn serve_admin<F>(&mut self, serve: impl FnOnce(AdminSocket, Arc<AppState>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let mut control = state.control.lock().await;
-        let access_log = state.access_log_for(&config).map_err(AppError::AccessLog)?;
-        let pools = state.pools.load_full();
-        let mut ctxs = Vec::with_capacity(sockets.len());
-        for (lc, socket) in sockets {
-            let Some(pool) = pools.iter().find(|p| *p.name == *lc.pool).cloned() else {
-                // Validation guarantees the pool exists; an unknown one is skipped, not a panic.
-                tracing::error!(listener = %lc.name, pool = %lc.pool, "listener names an unknown pool");
-                continue;
-            };
-            let local = socket.local_addr().unwrap_or(lc.bind);
-            let routes = route_pools(&lc, &pools);
-            let ctx = Arc::new(ListenerCtx::new(
-                lc,
-                local,
-                pool,
-                routes,
-                access_log.clone(),
-                Arc::new(ListenerCounters::default()),
-                config.runtime.client_table_size,
-            ));
-            control
-                .loops
-                .push(state.spawn_accept_loop(ctx.clone(), socket));
-            ctxs.push(ctx);
+        if let Some(socket) = self.admin.take() {
+            self.state
+                .background
+                .spawn(serve(socket, self.state.clone()));
         }
-        state.listeners.store(Arc::new(ctxs));
-    }
-    state.listening.store(true, Ordering::Release);
-
-    let status = state.status_line();
-    match lifecycle.ready_pipe {
-        Some(pipe) => {
-            // The manager must learn the new main PID before the old process exits.
-            state.notifier.ready_as_main(&status);
-            pipe.report_ready();
-        }
-        None => state.notifier.ready(&status),
-    }
-    if state.notifier.is_enabled() {
-        background.spawn(keep_manager_informed(state.clone()));
     }
 
-    Ok(Running { state, admin_addr })
+    /// Waits for the start-up round (bounded by the longest check timeout), restores the state
+    /// file's decisions, opens the listeners and reports ready.
+    pub async fn finish(self) -> Result<Running, AppError> {
+        let Starting {
+            state,
+            config,
+            initial_rounds,
+            sockets,
+            admin: _,
+            admin_addr,
+            restoring,
+            ready_pipe,
+        } = self;
+        // Listeners open once every backend had its first check (each pool bounds its own round).
+        let longest = config
+            .pools
+            .iter()
+            .map(|p| p.health.timeout)
+            .max()
+            .unwrap_or_default();
+        let _ = tokio::time::timeout(longest + STARTUP_SLACK, async {
+            for round in initial_rounds {
+                let _ = round.await;
+            }
+        })
+        .await;
+        // Operator decisions from before the restart or upgrade apply before the first client.
+        state.restore_state_file(restoring).await;
+
+        {
+            let mut control = state.control.lock().await;
+            let access_log = state.access_log_for(&config).map_err(AppError::AccessLog)?;
+            let pools = state.pools.load_full();
+            let mut ctxs = Vec::with_capacity(sockets.len());
+            for (lc, socket) in sockets {
+                let Some(pool) = pools.iter().find(|p| *p.name == *lc.pool).cloned() else {
+                    // Validation guarantees the pool exists; an unknown one is skipped.
+                    tracing::error!(listener = %lc.name, pool = %lc.pool, "listener names an unknown pool");
+                    continue;
+                };
+                let local = socket.local_addr().unwrap_or(lc.bind);
+                let routes = route_pools(&lc, &pools);
+                let ctx = Arc::new(ListenerCtx::new(
+                    lc,
+                    local,
+                    pool,
+                    routes,
+                    access_log.clone(),
+                    Arc::new(ListenerCounters::default()),
+                    config.runtime.client_table_size,
+                ));
+                control
+                    .loops
+                    .push(state.spawn_accept_loop(ctx.clone(), socket));
+                ctxs.push(ctx);
+            }
+            state.listeners.store(Arc::new(ctxs));
+        }
+        state.listening.store(true, Ordering::Release);
+
+        let status = state.status_line();
+        match ready_pipe {
+            Some(pipe) => {
+                // The manager must learn the new main PID before the old process exits.
+                state.notifier.ready_as_main(&status);
+                pipe.report_ready();
+            }
+            None => state.notifier.ready(&status),
+        }
+        if state.notifier.is_enabled() {
+            state.background.spawn(keep_manager_informed(state.clone()));
+        }
+
+        Ok(Running { state, admin_addr })
+    }
 }
 
 /// How often `STATUS=` is refreshed when no watchdog asks for more.

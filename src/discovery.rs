@@ -389,7 +389,7 @@ pub async fn run(
                 first_of_streak,
             } => {
                 failures.fetch_add(1, Ordering::Relaxed);
-                let error = crate::app::error_chain(&error);
+                let error = crate::error_chain::error_chain(&error);
                 if first_of_streak {
                     tracing::warn!(pool = %pool, dns = %config.dns, error,
                         "DNS discovery failed: keeping the last known members");

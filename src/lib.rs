@@ -31,12 +31,12 @@ pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod backend_cmd;
-pub mod balance;
 pub mod cli_docs;
 pub mod config;
 pub mod console;
 pub mod discovery;
 pub mod edge;
+pub mod error_chain;
 pub mod health;
 pub mod histogram;
 pub mod lifecycle;
@@ -45,5 +45,9 @@ pub mod net;
 pub mod pool;
 pub mod proxy;
 pub mod rig;
+pub mod server;
 pub mod status_cmd;
 pub mod status_doc;
+
+#[cfg(test)]
+mod layering;

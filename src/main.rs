@@ -10,11 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
-use splicer::app;
 use splicer::config::{self, Config, LogFormat};
 use splicer::lifecycle::{Executable, Inherited, Notifier, ReadyPipe};
 use splicer::rig::{CaOptions, Rig, RigOptions};
 use splicer::status_cmd::{self, StatusCmdError};
+use splicer::{app, server};
 
 /// mimalloc instead of glibc's allocator: every connection allocates a tokio task and two socket
 /// registrations, all cache-line aligned, and glibc serves aligned allocations on its slow path
@@ -585,7 +585,7 @@ async fn run(
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     let stop = StopSignals::install()?.first();
     let bound = app::Bound::acquire(&config, inherited)?;
-    let running = app::start_with(config, bound, lifecycle).await?;
+    let running = server::start_with(config, bound, lifecycle).await?;
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -813,7 +813,7 @@ async fn demo(nodes: usize, ca: Option<CaOptions>) -> anyhow::Result<()> {
     let verified = ca.as_ref().map(|c| c.name.as_str()).zip(ca_file.as_deref());
     let config = demo_config(&rig.node_addrs(), verified)?;
     let bound = app::Bound::bind(&config)?;
-    let running = app::start(config, bound).await?;
+    let running = server::start(config, bound).await?;
     let lb = running
         .listener_addr("https")
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,33 +78,10 @@ fn rss(pid: i32) -> u64 {
 
 /// Sockets of `pid` in CLOSE_WAIT: the peer closed and splicer never did.
 fn close_wait(pid: i32) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let inodes: HashSet<String> = fds
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| {
-            l.to_string_lossy()
-                .strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .map(str::to_string)
-        })
-        .collect();
-    let mut n = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // st 08 = CLOSE_WAIT; field 9 is the inode.
-            if f.get(3) == Some(&"08") && f.get(9).is_some_and(|i| inodes.contains(*i)) {
-                n += 1;
-            }
-        }
-    }
-    n
+    common::sockets::tcp_sockets(pid)
+        .iter()
+        .filter(|s| s.state == common::sockets::CLOSE_WAIT)
+        .count()
 }
 
 /// Clients that connect and then send one byte every few seconds, never a whole ClientHello.

@@ -315,7 +315,7 @@ async fn route(state: &AppState, at: Arrival, req: Request<Bytes>) -> Response<F
                 }
                 Err(e) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    &crate::app::error_chain(&e),
+                    &crate::error_chain::error_chain(&e),
                 ),
             }
         }

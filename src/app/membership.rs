@@ -9,8 +9,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{error_chain, AppState, Persisted};
+use super::{AppState, Persisted};
 use crate::config::{BackendConfig, PoolConfig};
+use crate::error_chain::error_chain;
 use crate::lifecycle::state_file::{self, State};
 use crate::pool::{AdminError, Member};
 

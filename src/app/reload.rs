@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::{error_chain, membership, route_pools, AppState, Control, ReloadReport};
+use super::{membership, route_pools, AppState, Control, ReloadReport};
 use crate::access_log::AccessLog;
 use crate::config::{self, diff, Config};
+use crate::error_chain::error_chain;
 use crate::net::listener;
 use crate::pool::{self, Pool, PreparedProber};
 use crate::proxy::{ListenerCounters, ListenerCtx};

@@ -5,14 +5,12 @@
 //! backend could fix.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::Prober;
-use crate::pool::Pool;
 
 /// The latest cluster-wide probe result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,28 +27,19 @@ pub struct ClusterHealth {
     pub checked_at: SystemTime,
 }
 
-/// Probes the cluster through `pool`'s up backends every `interval` until `stop`, sending each
-/// result to `results` (the pool's supervisor).
+/// Probes the cluster every `interval` until `stop`, asking the backend `next_target` names
+/// (the pool's up backends, taking turns; `None` when none is up), and sends each result to
+/// `results` (the pool's supervisor).
 pub async fn run(
-    pool: Arc<Pool>,
+    mut next_target: impl FnMut() -> Option<SocketAddr> + Send,
     prober: Prober,
     port: u16,
     interval: Duration,
     results: mpsc::Sender<ClusterHealth>,
     stop: CancellationToken,
 ) {
-    let mut turn = 0usize;
     loop {
-        let target = {
-            let snapshot = pool.snapshot();
-            let set = &snapshot.live;
-            if set.fail_open || set.members.is_empty() {
-                None
-            } else {
-                turn = turn.wrapping_add(1);
-                Some(set.members[turn % set.members.len()].address)
-            }
-        };
+        let target = next_target();
         let result = match target {
             None => ClusterHealth {
                 ok: false,

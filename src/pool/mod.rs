@@ -4,6 +4,7 @@
 //! commands and await its answer. The decisions themselves are the pure [`machine`].
 
 mod backend;
+pub mod balance;
 mod live_set;
 pub mod machine;
 mod snapshot;
@@ -19,7 +20,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::balance;
 use crate::config::PoolConfig;
 use crate::health::cluster::ClusterHealth;
 use crate::net::connect::ConnectFailure;

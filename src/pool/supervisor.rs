@@ -471,8 +471,19 @@ impl Supervisor {
         match Prober::with_send_proxy(&health, check_send_proxy(&config)) {
             Ok(prober) => {
                 let token = self.stop.child_token();
+                let pool = self.pool.clone();
+                let mut turn = 0usize;
+                let next_target = move || {
+                    let snapshot = pool.snapshot();
+                    let set = &snapshot.live;
+                    if set.fail_open || set.members.is_empty() {
+                        return None;
+                    }
+                    turn = turn.wrapping_add(1);
+                    Some(set.members[turn % set.members.len()].address)
+                };
                 self.tasks.spawn(crate::health::cluster::run(
-                    self.pool.clone(),
+                    next_target,
                     prober,
                     health.port,
                     cluster.interval,

@@ -8,6 +8,7 @@ pub mod load;
 pub mod peer;
 pub mod process;
 pub mod prometheus;
+pub mod sockets;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tokio::net::TcpStream;
 use splicer::app::{self, Running};
 use splicer::config;
 use splicer::rig::{Rig, RigOptions};
+use splicer::server;
 
 /// Every wait in a test is bounded by this unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -121,7 +123,7 @@ pub async fn start_splicer(toml: &str) -> Splicer {
     quiet_access_log(&mut config, &text);
     let first = config.listeners[0].name.clone();
     let bound = app::Bound::bind(&config).expect("bind");
-    let running = app::start(config, bound).await.expect("start");
+    let running = server::start(config, bound).await.expect("start");
     let addr = running.listener_addr(&first).expect("listener addr");
     let admin = running.admin_addr().expect("admin addr");
     Splicer {
@@ -305,7 +307,7 @@ pub async fn start_splicer_file(path: &Path) -> Splicer {
     let config = config::load(path).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
     let first = config.listeners[0].name.clone();
     let bound = app::Bound::bind(&config).expect("bind");
-    let running = app::start(config, bound).await.expect("start");
+    let running = server::start(config, bound).await.expect("start");
     let addr = running.listener_addr(&first).expect("listener addr");
     let admin = running.admin_addr().expect("admin addr");
     Splicer {

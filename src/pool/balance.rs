@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use super::{Backend, LiveSet};
 use crate::config::BalanceKind;
-use crate::pool::{Backend, LiveSet};
 
 /// Picks a member of `set` not in `exclude` (backends already tried for this connection).
 pub fn pick(
