@@ -17,10 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use common::{
-    collect_lines, dead_addr, metric_value, metrics_text, wait_until, SplicerProcess, TestServer,
-    WAIT,
-};
+use common::process::{Proc, Stdout};
+use common::{collect_lines, dead_addr, metric_value, metrics_text, wait_until, TestServer, WAIT};
 
 /// What the echo backend adds after the client's EOF, so the two directions differ.
 const TRAILER: &[u8] = b"-- end of echo --";
@@ -85,7 +83,7 @@ fn config(admin: SocketAddr, listen: SocketAddr, backend: SocketAddr, runtime: &
 }
 
 /// Collects the child's stdout, line by line as it appears.
-fn collect_stdout(proc: &mut SplicerProcess) -> (Arc<Mutex<Vec<String>>>, JoinHandle<()>) {
+fn collect_stdout(proc: &mut Proc) -> (Arc<Mutex<Vec<String>>>, JoinHandle<()>) {
     let out = Arc::new(Mutex::new(Vec::new()));
     let reader = collect_lines(proc.child.stdout.take().expect("stdout"), out.clone());
     (out, reader)
@@ -96,7 +94,7 @@ fn snapshot(lines: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
 }
 
 /// Stops the child (SIGTERM, exit 0) and waits until its stdout has ended.
-async fn stop(proc: &mut SplicerProcess, reader: JoinHandle<()>) {
+async fn stop(proc: &mut Proc, reader: JoinHandle<()>) {
     let status = proc.stop().await;
     assert_eq!(status.code(), Some(0), "log:\n{}", proc.log());
     tokio::time::timeout(WAIT, reader)
@@ -146,7 +144,7 @@ async fn wait_lines(lines: &Arc<Mutex<Vec<String>>>, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_lines_have_the_documented_layout_and_byte_counts() {
     let echo = echo_backend().await;
-    let mut proc = SplicerProcess::start(1, |admin, l| {
+    let mut proc = Proc::start(Stdout::Piped, 1, |admin, l| {
         config(
             admin,
             l[0],
@@ -157,7 +155,7 @@ async fn text_lines_have_the_documented_layout_and_byte_counts() {
     .await;
     let (lines, reader) = collect_stdout(&mut proc);
     let sizes = [0, 1, 17, 1000, 65_536, 300_001];
-    let made = make_connections(proc.listeners[0], &sizes).await;
+    let made = make_connections(proc.listeners()[0], &sizes).await;
     wait_lines(&lines, sizes.len()).await;
     stop(&mut proc, reader).await;
 
@@ -219,7 +217,7 @@ async fn text_lines_have_the_documented_layout_and_byte_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_have_the_same_fields() {
     let echo = echo_backend().await;
-    let mut proc = SplicerProcess::start(1, |admin, l| {
+    let mut proc = Proc::start(Stdout::Piped, 1, |admin, l| {
         config(
             admin,
             l[0],
@@ -230,7 +228,7 @@ async fn json_lines_have_the_same_fields() {
     .await;
     let (lines, reader) = collect_stdout(&mut proc);
     let sizes = [5, 4096, 100_000];
-    let made = make_connections(proc.listeners[0], &sizes).await;
+    let made = make_connections(proc.listeners()[0], &sizes).await;
     wait_lines(&lines, sizes.len()).await;
     stop(&mut proc, reader).await;
 
@@ -284,12 +282,12 @@ async fn json_lines_have_the_same_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_false_writes_nothing() {
     let echo = echo_backend().await;
-    let mut proc = SplicerProcess::start(1, |admin, l| {
+    let mut proc = Proc::start(Stdout::Piped, 1, |admin, l| {
         config(admin, l[0], echo.addr, "access_log = false\n")
     })
     .await;
     let (lines, reader) = collect_stdout(&mut proc);
-    make_connections(proc.listeners[0], &[10, 20, 30, 40, 50]).await;
+    make_connections(proc.listeners()[0], &[10, 20, 30, 40, 50]).await;
     // Shutdown flushes whatever was queued, so after the exit stdout is complete.
     stop(&mut proc, reader).await;
     assert_eq!(snapshot(&lines), Vec::<String>::new());
@@ -329,7 +327,7 @@ async fn a_stalled_sink_drops_lines_but_never_delays_connections() {
     // stdout is piped and never read: once the pipe and the queue are full, the writer is
     // stuck for good. "flood" refuses every connection at once (its only backend is down and
     // it does not fail open), the cheapest way to produce access-log lines.
-    let proc = SplicerProcess::start(2, |admin, l| {
+    let proc = Proc::start(Stdout::Piped, 2, |admin, l| {
         format!(
             "{}\n[[listener]]\nname = \"flood\"\nbind = \"{}\"\npool = \"empty\"\n\n\
              [[pool]]\nname = \"empty\"\nbackends = [\"{dead}\"]\nfail_open = false\n\n\
@@ -339,7 +337,7 @@ async fn a_stalled_sink_drops_lines_but_never_delays_connections() {
         )
     })
     .await;
-    let (admin, front, flood_addr) = (proc.admin, proc.listeners[0], proc.listeners[1]);
+    let (admin, front, flood_addr) = (proc.admin(), proc.listeners()[0], proc.listeners()[1]);
 
     // Fill the pipe and the queue (65,536 lines) until lines are dropped.
     let stop = Arc::new(AtomicBool::new(false));
@@ -426,7 +424,7 @@ async fn a_stalled_sink_drops_lines_but_never_delays_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_the_opening_read_is_logged_as_shutdown() {
     let echo = echo_backend().await;
-    let mut proc = SplicerProcess::start(1, |admin, l| {
+    let mut proc = Proc::start(Stdout::Piped, 1, |admin, l| {
         config(admin, l[0], echo.addr, "drain_timeout = \"1s\"").replace(
             "pool = \"p\"\n\n[[pool]]",
             "pool = \"p\"\naccept_proxy = true\nclient_hello_timeout = \"30s\"\n\n[[pool]]",
@@ -434,11 +432,11 @@ async fn a_stop_during_the_opening_read_is_logged_as_shutdown() {
     })
     .await;
     let (lines, reader) = collect_stdout(&mut proc);
-    let waiting = TcpStream::connect(proc.listeners[0])
+    let waiting = TcpStream::connect(proc.listeners()[0])
         .await
         .expect("connect");
     let me = waiting.local_addr().expect("local addr");
-    let admin = proc.admin;
+    let admin = proc.admin();
     wait_until(WAIT, "the connection is open on the listener", || async {
         metric_value(
             &metrics_text(admin).await,

@@ -5,6 +5,8 @@
 //!
 //! Every child is killed when its handle drops, and every wait is bounded.
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use common::process::{Proc, Stdout};
 
 /// Longest any one invocation may take; `check` and failing `run`s take milliseconds.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -370,8 +374,9 @@ async fn usage_errors_exit_2() {
 
 /// A `run` child, once it logged "listening", with its log lines so far.
 struct Serving {
-    child: Child,
-    /// Every stderr line up to and including the "listening" one.
+    /// The child; its stdout (the access log) is left piped for [`Serving::access_line`].
+    proc: Proc,
+    /// Every stderr line up to and including the first "listening" one, in order.
     lines: Vec<String>,
     /// The listener's bound address, from that line.
     listen: SocketAddr,
@@ -383,22 +388,8 @@ impl Serving {
         let path = write(dir, "log.toml", config);
         let mut cmd = splicer(dir);
         cmd.args(extra).arg("run").arg("-c").arg(&path);
-        let mut child = cmd.spawn().expect("splicer starts");
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let mut lines = Vec::new();
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        loop {
-            let line = tokio::time::timeout_at(deadline, stderr.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("no \"listening\" log line in time; got {lines:#?}"))
-                .expect("read stderr")
-                .unwrap_or_else(|| panic!("splicer exited early; stderr: {lines:#?}"));
-            let listening = line.contains("listening");
-            lines.push(line);
-            if listening {
-                break;
-            }
-        }
+        let mut proc = Proc::spawn_with(cmd, Stdout::Piped);
+        let lines = proc.until_logged("listening").await;
         let last = lines.last().expect("a line");
         // `bind=ADDR` in text, `"bind":"ADDR"` in JSON.
         let listen = last
@@ -411,7 +402,7 @@ impl Serving {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no bind address in {last}"));
         Serving {
-            child,
+            proc,
             lines,
             listen,
         }
@@ -421,13 +412,13 @@ impl Serving {
     /// access log line it produced on stdout.
     async fn access_line(&mut self) -> String {
         drop(TcpStream::connect(self.listen).await.expect("connect"));
-        let mut stdout = BufReader::new(self.child.stdout.take().expect("stdout")).lines();
-        let line = tokio::time::timeout(LIMIT, stdout.next_line())
+        let stdout = self.proc.child.stdout.take().expect("stdout");
+        let line = tokio::time::timeout(LIMIT, BufReader::new(stdout).lines().next_line())
             .await
             .expect("an access log line in time")
             .expect("read stdout")
             .expect("splicer exited early");
-        self.child.kill().await.expect("kill");
+        self.proc.child.kill().await.expect("kill");
         line
     }
 }
@@ -480,7 +471,7 @@ async fn log_format_json_makes_every_log_line_json() {
         serde_json::from_str::<serde_json::Value>(last).is_ok(),
         "{last}"
     );
-    s.child.kill().await.expect("kill");
+    s.proc.child.kill().await.expect("kill");
     let mut s = Serving::start(dir.path(), &json_config, &["--log-format", "text"]).await;
     let last = s.lines.last().expect("a line").clone();
     assert!(

@@ -7,34 +7,18 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use common::process::Proc;
 use common::{http, status, wait_until, which_node, WAIT};
-
-/// Polls the demo's output (bounded) until it printed the closing line; returns the output.
-async fn printed(demo: &mut Proc) -> String {
-    let started = Instant::now();
-    loop {
-        let out = demo.log();
-        if out.contains("Ctrl-C stops the demo.") {
-            return out;
-        }
-        let exited = demo.child.try_wait().expect("poll demo");
-        assert!(
-            exited.is_none() && started.elapsed() < WAIT,
-            "demo did not print its instructions ({exited:?}):\n{out}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_what_it_prints() {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"));
     cmd.arg("demo").env("RUST_LOG", "warn");
     let mut demo = Proc::spawn(cmd);
-    let out = printed(&mut demo).await;
+    // What it prints for the user ends with this line.
+    demo.until_logged("Ctrl-C stops the demo.").await;
+    let out = demo.log();
     let lb: SocketAddr = "127.0.0.1:8443".parse().unwrap();
     let admin: SocketAddr = "127.0.0.1:9090".parse().unwrap();
     assert!(out.contains(&format!("https://{lb}/")), "{out}");

@@ -17,9 +17,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use common::process::{Proc, Stdout};
 use common::{
     backends_toml, collect_lines, http, read_go, start_splicer, start_splicer_file, status,
-    wait_until, write_chunks, ConfigFile, Splicer, SplicerProcess, TestServer, WAIT,
+    wait_until, write_chunks, ConfigFile, Splicer, TestServer, WAIT,
 };
 
 /// Bytes per chunk.
@@ -439,7 +440,7 @@ async fn drain_timeout_changed_by_reload_applies_to_the_next_drain() {
 }
 
 /// The access log of a `splicer run` child, line by line as it appears.
-fn collect_stdout(proc: &mut SplicerProcess) -> Arc<Mutex<Vec<String>>> {
+fn collect_stdout(proc: &mut Proc) -> Arc<Mutex<Vec<String>>> {
     let out = Arc::new(Mutex::new(Vec::new()));
     collect_lines(proc.child.stdout.take().expect("stdout"), out.clone());
     out
@@ -448,7 +449,7 @@ fn collect_stdout(proc: &mut SplicerProcess) -> Arc<Mutex<Vec<String>>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_is_logged_as_drained() {
     let (s1, s2) = (stream_backend().await, stream_backend().await);
-    let mut proc = SplicerProcess::start(1, |admin, l| {
+    let mut proc = Proc::start(Stdout::Piped, 1, |admin, l| {
         format!(
             "[admin]\nbind = \"{admin}\"\n\n\
              [runtime]\nworkers = 2\ndrain_timeout = \"300ms\"\naccess_log = true\n\n\
@@ -460,7 +461,7 @@ async fn a_cut_connection_is_logged_as_drained() {
     })
     .await;
     let stdout = collect_stdout(&mut proc);
-    let (admin, listen) = (proc.admin, proc.listeners[0]);
+    let (admin, listen) = (proc.admin(), proc.listeners()[0]);
     wait_state(admin, s1.addr, "up").await;
     wait_state(admin, s2.addr, "up").await;
 

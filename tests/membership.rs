@@ -23,9 +23,10 @@ use tokio::net::TcpStream;
 
 use common::admin::Answer;
 use common::load::{Load, Pace, Target};
+use common::process::{Proc, Stdout};
 use common::{
     backends_toml, metric_value, metrics_text, start_splicer_file, status, wait_until, which_node,
-    ConfigFile, Splicer, SplicerProcess, WAIT,
+    ConfigFile, Splicer, WAIT,
 };
 
 /// The admin token of the tests that set one.
@@ -496,12 +497,8 @@ fn read_state(path: &Path) -> Value {
 }
 
 /// `splicer run` over `backends` with `state_file`, `connect_timeout` as given.
-async fn process(
-    backends: Vec<SocketAddr>,
-    state: PathBuf,
-    connect: &'static str,
-) -> SplicerProcess {
-    SplicerProcess::start(1, move |admin, listeners| {
+async fn process(backends: Vec<SocketAddr>, state: PathBuf, connect: &'static str) -> Proc {
+    Proc::start(Stdout::Log, 1, move |admin, listeners| {
         process_config(admin, listeners[0], &backends, &state, connect)
     })
     .await
@@ -542,12 +539,12 @@ fall = 2
 }
 
 /// Reloads `p` by SIGHUP with `text` and waits for the reload to be counted.
-async fn sighup(p: &SplicerProcess, text: &str, reloads_before: f64) {
-    std::fs::write(&p.config, text).expect("rewrite config");
+async fn sighup(p: &Proc, text: &str, reloads_before: f64) {
+    std::fs::write(p.config(), text).expect("rewrite config");
     p.signal(libc::SIGHUP);
     let series = r#"splicer_config_reloads_total{result="ok"}"#;
     wait_until(WAIT, "the reload is counted", || async {
-        metric_value(&metrics_text(p.admin).await, series).unwrap_or(0.0) > reloads_before
+        metric_value(&metrics_text(p.admin()).await, series).unwrap_or(0.0) > reloads_before
     })
     .await;
 }
@@ -565,13 +562,13 @@ async fn runtime_members_survive_reloads_and_restarts() {
     let file_members = n[..3].to_vec();
     let mut p = process(file_members.clone(), state.clone(), "1s").await;
     for b in &n[..3] {
-        wait_state(p.admin, *b, "up").await;
+        wait_state(p.admin(), *b, "up").await;
     }
 
-    assert_eq!(add(p.admin, n[3], 2, None).await.code, 201);
-    assert_eq!(delete(p.admin, n[0], None).await.code, 202);
+    assert_eq!(add(p.admin(), n[3], 2, None).await.code, 201);
+    assert_eq!(delete(p.admin(), n[0], None).await.code, 202);
     let path = format!("/pools/quay/backends/{}/drain", n[3]);
-    assert_eq!(admin(p.admin, "POST", &path, "", None).await.code, 200);
+    assert_eq!(admin(p.admin(), "POST", &path, "", None).await.code, 200);
     let expected = json!({
         "version": 1,
         "backends": [{"pool": "quay", "address": n[3].to_string(), "state": "draining"}],
@@ -579,13 +576,13 @@ async fn runtime_members_survive_reloads_and_restarts() {
         "removed": [{"pool": "quay", "address": n[0].to_string()}],
     });
     assert_eq!(read_state(&state), expected);
-    wait_gone(p.admin, n[0]).await;
+    wait_gone(p.admin(), n[0]).await;
 
     // A reload that changes another setting of the pool (so the pool is reconfigured).
-    let listen = p.listeners[0];
-    let text = process_config(p.admin, listen, &file_members, &state, "2s");
+    let listen = p.listeners()[0];
+    let text = process_config(p.admin(), listen, &file_members, &state, "2s");
     sighup(&p, &text, 0.0).await;
-    let after: Vec<String> = members(p.admin)
+    let after: Vec<String> = members(p.admin())
         .await
         .iter()
         .map(|b| format!("{} {} {}", b["address"], b["state"], b["weight"]))
@@ -605,14 +602,14 @@ async fn runtime_members_survive_reloads_and_restarts() {
 
     // A restart with the same state file: the same members, the drain restored.
     let mut p = process(file_members.clone(), state.clone(), "2s").await;
-    let restored: Vec<(String, String)> = members(p.admin)
+    let restored: Vec<(String, String)> = members(p.admin())
         .await
         .iter()
         .map(|b| (b["address"].to_string(), b["state"].to_string()))
         .collect();
     assert_eq!(restored.len(), 3, "{restored:?}\n{}", p.log());
-    assert!(entry(p.admin, n[0]).await.is_none(), "{restored:?}");
-    assert_eq!(state_of(p.admin, n[3]).await.as_deref(), Some("draining"));
+    assert!(entry(p.admin(), n[0]).await.is_none(), "{restored:?}");
+    assert_eq!(state_of(p.admin(), n[3]).await.as_deref(), Some("draining"));
     let log = p.log();
     assert!(
         log.contains("restored a backend added through the admin API"),
@@ -620,16 +617,16 @@ async fn runtime_members_survive_reloads_and_restarts() {
     );
     // No client reaches the drained or the removed node.
     for _ in 0..10 {
-        let node = which_node(p.listeners[0]).await.expect("a request");
+        let node = which_node(p.listeners()[0]).await.expect("a request");
         assert!(node == "node-2" || node == "node-3", "{node}");
     }
 
     // The file takes over the added member, with its own weight; the removed one stays out.
     let path = format!("/pools/quay/backends/{}/enable", n[3]);
-    assert_eq!(admin(p.admin, "POST", &path, "", None).await.code, 200);
-    let text = process_config(p.admin, p.listeners[0], &n, &state, "2s");
-    std::fs::write(&p.config, text).expect("rewrite config");
-    let a = admin(p.admin, "POST", "/reload", "", None).await;
+    assert_eq!(admin(p.admin(), "POST", &path, "", None).await.code, 200);
+    let text = process_config(p.admin(), p.listeners()[0], &n, &state, "2s");
+    std::fs::write(p.config(), text).expect("rewrite config");
+    let a = admin(p.admin(), "POST", "/reload", "", None).await;
     assert_eq!(a.code, 200, "{a:?}");
     let report = a.json();
     assert_eq!(
@@ -637,18 +634,18 @@ async fn runtime_members_survive_reloads_and_restarts() {
         json!({"added": [], "removed": []}),
         "neither the member the API added nor the one it removed joined: {report}"
     );
-    wait_state(p.admin, n[3], "up").await;
-    assert_eq!(entry(p.admin, n[3]).await.expect("listed")["weight"], 1);
-    assert!(entry(p.admin, n[0]).await.is_none(), "{}", p.log());
+    wait_state(p.admin(), n[3], "up").await;
+    assert_eq!(entry(p.admin(), n[3]).await.expect("listed")["weight"], 1);
+    assert!(entry(p.admin(), n[0]).await.is_none(), "{}", p.log());
     assert_eq!(
         read_state(&state),
         json!({"version": 1, "backends": [],
                "removed": [{"pool": "quay", "address": n[0].to_string()}]})
     );
     // Added back through the API: in again, and the file holds nothing more.
-    let a = add(p.admin, n[0], 1, None).await;
+    let a = add(p.admin(), n[0], 1, None).await;
     assert_eq!(a.code, 201, "{a:?}");
-    wait_state(p.admin, n[0], "up").await;
+    wait_state(p.admin(), n[0], "up").await;
     assert_eq!(read_state(&state), json!({"version": 1, "backends": []}));
     assert_eq!(p.stop().await.code(), Some(0), "{}", p.log());
 }

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use splicer::net::proxy_protocol::{self, Parsed, ProxyHeader, V2_SIGNATURE};
 
 use common::peer::{find_program, Daemon};
-use common::{backends_toml, free_addr, free_port, start_splicer, Splicer, SplicerProcess, WAIT};
+use common::process::{Proc, Stdout};
+use common::{backends_toml, free_addr, free_port, start_splicer, Splicer, WAIT};
 
 // ---------------------------------------------------------------------------------------------
 // A backend that parses the PROXY header.
@@ -665,7 +666,7 @@ async fn behind_haproxy_splicer_uses_the_original_client() {
         pp_backend(tx).await,
     ];
     // splicer as a process, so its access log (stdout) can be read.
-    let mut process = SplicerProcess::start(1, |admin, listeners| {
+    let mut process = Proc::start(Stdout::Piped, 1, |admin, listeners| {
         format!(
             r#"
 [admin]
@@ -703,7 +704,7 @@ check = "none"
         }
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let (haproxy, frontend) = start_haproxy(dir.path(), process.listeners[0]).await;
+    let (haproxy, frontend) = start_haproxy(dir.path(), process.listeners()[0]).await;
 
     // Clients from 16 loopback addresses, twice each.
     let mut clients = Vec::new();

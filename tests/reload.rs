@@ -23,9 +23,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use common::process::{Proc, Stdout};
 use common::{
     backends_toml, dead_addr, free_addr, http, metric_value, metrics_text, start_splicer_file,
-    status, wait_until, ConfigFile, Splicer, SplicerProcess, TestServer, WAIT,
+    status, wait_until, ConfigFile, Splicer, TestServer, WAIT,
 };
 
 /// Bound on one client exchange.
@@ -985,8 +986,11 @@ fn write_file(path: &Path, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file() {
     let (a, b) = (greeting_backend().await, greeting_backend().await);
-    let proc = SplicerProcess::start(1, |admin, l| binary_config(admin, l[0], &[a.addr])).await;
-    let (admin, listen) = (proc.admin, proc.listeners[0]);
+    let proc = Proc::start(Stdout::Log, 1, |admin, l| {
+        binary_config(admin, l[0], &[a.addr])
+    })
+    .await;
+    let (admin, listen, config) = (proc.admin(), proc.listeners()[0], proc.config());
     wait_state(admin, "p", a.addr, "up").await;
     assert_eq!(state_of(admin, "p", b.addr).await, None);
     // The handler is installed just after start-up; before it, SIGHUP would end the process.
@@ -996,7 +1000,7 @@ async fn sighup_reloads_the_file() {
     .await;
 
     // An invalid file: logged and counted, nothing changes.
-    write_file(&proc.config, "[[listener]]\nname = 1\n");
+    write_file(&config, "[[listener]]\nname = 1\n");
     proc.signal(libc::SIGHUP);
     wait_until(WAIT, "the failed reload is counted", || async {
         reload_counts(admin).await == (0.0, 1.0)
@@ -1009,10 +1013,7 @@ async fn sighup_reloads_the_file() {
     .await;
 
     // A valid one adds b, which comes up and takes traffic.
-    write_file(
-        &proc.config,
-        &binary_config(admin, listen, &[a.addr, b.addr]),
-    );
+    write_file(&config, &binary_config(admin, listen, &[a.addr, b.addr]));
     proc.signal(libc::SIGHUP);
     wait_until(WAIT, "the reload is counted", || async {
         reload_counts(admin).await == (1.0, 1.0)

@@ -9,19 +9,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-use common::{
-    collect_lines, free_addr, parse_response, read_go, wait_until, write_chunks, ConfigFile,
-    TestServer, WAIT,
-};
+use common::process::{Proc, Stdout};
+use common::{free_addr, parse_response, read_go, wait_until, write_chunks, TestServer, WAIT};
 
 /// Bytes per chunk the backend sends.
 const CHUNK: usize = 4096;
@@ -40,68 +35,13 @@ async fn slow_backend() -> TestServer {
     .await
 }
 
-/// A `splicer run` child with its output collected: logs (stderr) and access log (stdout),
-/// shown when a case fails.
-struct Splicer {
-    child: Child,
-    pid: i32,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    /// Read stdout and stderr until the child closes them.
-    log_readers: Vec<JoinHandle<()>>,
-    /// The config file (in a directory removed on drop) and what it holds.
-    config_text: String,
-    config: ConfigFile,
-}
-
-impl Splicer {
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our child, which is not
-        // reaped before the case awaits its exit, so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(self.pid, signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid);
-    }
-
-    /// Waits for the exit (bounded by `limit`); returns the status and when it was seen, once
-    /// every line the process wrote is in the log.
-    async fn exit_within(&mut self, limit: Duration) -> (ExitStatus, Instant) {
-        let status = match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.expect("wait for splicer"),
-            Err(_) => panic!(
-                "splicer did not exit within {limit:?}; log:\n{}",
-                self.log()
-            ),
-        };
-        let exited_at = Instant::now();
-        self.finish_log().await;
-        (status, exited_at)
-    }
-
-    /// Waits (bounded) for the log readers to see the end of an exited child's output.
-    async fn finish_log(&mut self) {
-        for reader in self.log_readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-        }
-    }
-}
-
-/// Starts `splicer run` in front of `backend` on fixed free ports and waits until `/ready` is
-/// 200. A port taken between finding and binding it (exit 1, "in use") is retried. `workers = 1`
-/// runs everything on the main thread (tokio's single-threaded scheduler), more than one on a
-/// thread pool: both must drain and stop the same way.
-async fn start_splicer(backend: SocketAddr, drain_timeout: &str, workers: usize) -> Splicer {
-    for _ in 0..5 {
-        let listen = free_addr();
-        let admin = free_addr();
-        if listen == admin {
-            continue;
-        }
-        let config = format!(
+/// Starts `splicer run` in front of `backend` on free ports, its logs (stderr) and access log
+/// (stdout) collected into one log shown when a case fails, and waits until `/ready` is 200.
+/// `workers = 1` runs everything on the main thread (tokio's single-threaded scheduler), more
+/// than one on a thread pool: both must drain and stop the same way.
+async fn start_splicer(backend: SocketAddr, drain_timeout: &str, workers: usize) -> Proc {
+    let mut splicer = Proc::start(Stdout::Log, 1, |admin, listen| {
+        format!(
             r#"[admin]
 bind = "{admin}"
 
@@ -111,7 +51,7 @@ workers = {workers}
 
 [[listener]]
 name = "front"
-bind = "{listen}"
+bind = "{}"
 pool = "slow"
 
 [[pool]]
@@ -123,62 +63,13 @@ fail_open = false
 check = "tcp"
 interval = "500ms"
 timeout = "200ms"
-"#
-        );
-        let file = ConfigFile::new(&config);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_splicer"))
-            .arg("run")
-            .arg("-c")
-            .arg(&file.path)
-            .env_remove("SPLICER_CONFIG")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("splicer starts");
-        let pid = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .expect("a pid");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log_readers = vec![
-            collect_lines(child.stdout.take().expect("stdout"), log.clone()),
-            collect_lines(child.stderr.take().expect("stderr"), log.clone()),
-        ];
-        let mut splicer = Splicer {
-            child,
-            pid,
-            listen,
-            admin,
-            log,
-            log_readers,
-            config_text: config,
-            config: file,
-        };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = splicer.child.try_wait().expect("poll splicer") {
-                splicer.finish_log().await;
-                let log = splicer.log();
-                if status.code() == Some(1) && log.contains("in use") {
-                    break; // a port was taken meanwhile: try other ones
-                }
-                panic!("splicer exited during start-up ({status}); log:\n{log}");
-            }
-            if ready(admin).await == Some(200) {
-                return splicer;
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "splicer not ready within {WAIT:?}; log:\n{}",
-                splicer.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("no free pair of loopback ports after 5 attempts");
+"#,
+            listen[0]
+        )
+    })
+    .await;
+    splicer.until_ready(splicer.admin()).await;
+    splicer
 }
 
 /// `GET /ready` status, or `None` when the admin API does not answer.
@@ -272,39 +163,36 @@ async fn sigterm_drains_the_open_transfer_then_exits_0() {
     const CHUNKS: usize = 40; // ~2 s
     let backend = slow_backend().await;
     let mut splicer = start_splicer(backend.addr, "10s", 1).await;
-    let transfer = start_transfer(splicer.listen, CHUNKS).await;
+    let (admin, listen) = (splicer.admin(), splicer.listeners()[0]);
+    let transfer = start_transfer(listen, CHUNKS).await;
 
     let term_at = Instant::now();
     splicer.signal(libc::SIGTERM);
     wait_until(
         Duration::from_secs(1),
         "/ready answers 503 after SIGTERM",
-        || {
-            let admin = splicer.admin;
-            async move { ready(admin).await == Some(503) }
-        },
+        || async { ready(admin).await == Some(503) },
     )
     .await;
     let unready_at = Instant::now();
     wait_until(
         Duration::from_secs(1),
         "the listener refuses connections",
-        || is_refused(splicer.listen),
+        || is_refused(listen),
     )
     .await;
     for _ in 0..3 {
-        assert!(is_refused(splicer.listen).await, "listener accepted again");
+        assert!(is_refused(listen).await, "listener accepted again");
     }
     // The admin API keeps answering while the drain lasts, but a reload cannot open a new
     // listener behind the drain's back.
-    assert_eq!(ready(splicer.admin).await, Some(503));
+    assert_eq!(ready(admin).await, Some(503));
     let extra = free_addr();
-    let grown = format!(
-        "{}\n[[listener]]\nname = \"late\"\nbind = \"{extra}\"\npool = \"slow\"\n",
-        splicer.config_text
-    );
-    std::fs::write(&splicer.config.path, grown).expect("rewrite config");
-    let (code, body) = admin_request(splicer.admin, "POST", "/reload")
+    let text = std::fs::read_to_string(splicer.config()).expect("read config");
+    let grown =
+        format!("{text}\n[[listener]]\nname = \"late\"\nbind = \"{extra}\"\npool = \"slow\"\n");
+    std::fs::write(splicer.config(), grown).expect("rewrite config");
+    let (code, body) = admin_request(admin, "POST", "/reload")
         .await
         .expect("admin answers");
     assert_ne!(code, 200, "reload applied during shutdown: {body}");
@@ -348,7 +236,7 @@ async fn drain_timeout_cuts_a_long_transfer_and_exits_0() {
     const CHUNKS: usize = 100; // ~5 s
     let backend = slow_backend().await;
     let mut splicer = start_splicer(backend.addr, "500ms", 2).await;
-    let transfer = start_transfer(splicer.listen, CHUNKS).await;
+    let transfer = start_transfer(splicer.listeners()[0], CHUNKS).await;
 
     let term_at = Instant::now();
     splicer.signal(libc::SIGTERM);
@@ -391,17 +279,15 @@ async fn second_sigterm_during_the_drain_exits_1_at_once() {
     const CHUNKS: usize = 100; // ~5 s
     let backend = slow_backend().await;
     let mut splicer = start_splicer(backend.addr, "10s", 2).await;
-    let transfer = start_transfer(splicer.listen, CHUNKS).await;
+    let admin = splicer.admin();
+    let transfer = start_transfer(splicer.listeners()[0], CHUNKS).await;
 
     splicer.signal(libc::SIGTERM);
     // The first signal has been handled once /ready turns 503: the drain is on.
     wait_until(
         Duration::from_secs(1),
         "/ready answers 503 after SIGTERM",
-        || {
-            let admin = splicer.admin;
-            async move { ready(admin).await == Some(503) }
-        },
+        || async { ready(admin).await == Some(503) },
     )
     .await;
     let second_at = Instant::now();
@@ -429,6 +315,6 @@ async fn sigint_with_nothing_open_exits_0_promptly() {
     assert_eq!(status.code(), Some(0), "log:\n{}", splicer.log());
     let took = exited_at.duration_since(int_at);
     assert!(took < Duration::from_secs(2), "idle shutdown took {took:?}");
-    assert!(is_refused(splicer.listen).await);
-    assert!(is_refused(splicer.admin).await);
+    assert!(is_refused(splicer.listeners()[0]).await);
+    assert!(is_refused(splicer.admin()).await);
 }

@@ -503,7 +503,8 @@ async fn an_upgrade_keeps_drain_decisions() {
         let node = which_node(setup.listen).await;
         assert_eq!(node.as_deref().ok(), Some("node-2"), "{node:?}");
     }
-    assert_eq!(p.exit().await.code(), Some(0), "old process\n{}", p.log());
+    let old_exit = p.exit_handing_over().await.code();
+    assert_eq!(old_exit, Some(0), "old process\n{}", p.log());
     assert!(is_alive(successor), "the successor died\n{}", p.log());
     signal(successor, libc::SIGTERM);
     wait_until(WAIT, "the successor exits", || async move {

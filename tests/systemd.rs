@@ -33,18 +33,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// `splicer run -c path` with none of the manager's variables from the test's environment.
-fn splicer_cmd(path: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splicer"));
-    cmd.arg("run").arg("-c").arg(path);
-    let vars = "SPLICER_CONFIG NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID LISTEN_FDS LISTEN_PID";
-    for var in vars.split(' ') {
-        cmd.env_remove(var);
-    }
-    cmd.env("RUST_LOG", "info");
-    cmd
-}
-
 fn config(listen: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
     format!(
         r#"[admin]
@@ -231,7 +219,7 @@ async fn sd_notify_ready_watchdog_reload_upgrade_stop() {
     let notify = NotifySocket::bind();
     let (listen, admin) = (free_addr(), free_addr());
     let file = ConfigFile::new(&config(listen, admin, &rig.node_addrs()));
-    let mut cmd = splicer_cmd(&file.path);
+    let mut cmd = Proc::command(&file.path);
     cmd.env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", "400000");
     let mut first = Proc::spawn(cmd);
@@ -299,7 +287,7 @@ async fn sd_notify_ready_watchdog_reload_upgrade_stop() {
         s.is_some_and(|s| status_pid(&s) == i64::from(new_pid))
     })
     .await;
-    let old_exit = first.exit().await.code();
+    let old_exit = first.exit_handing_over().await.code();
     assert_eq!(old_exit, Some(0), "old process\n{}", first.log());
     let node = which_node(listen).await;
     assert!(
@@ -366,11 +354,7 @@ async fn systemd_socket_activate_passes_the_listener() {
     .env_remove("LISTEN_FDS");
     let mut p = Proc::spawn(cmd);
     // It logs "Listening on ADDR as 3." once bound, and execs splicer at the first connection.
-    wait_until(WAIT, "systemd-socket-activate listens", || {
-        let log = p.log();
-        async move { log.contains("Listening on") }
-    })
-    .await;
+    p.until_logged("Listening on").await;
     assert!(!p.log().contains("using a passed socket"), "{}", p.log());
     // This first request is what starts splicer; it waits in the backlog meanwhile.
     let node = which_node(passed).await;
@@ -536,7 +520,7 @@ async fn a_second_instance_exits_1_and_leaves_the_first_alone() {
     let (listen, admin, other_listen) = (free_addr(), free_addr(), free_addr());
     let file = ConfigFile::new(&config(listen, admin, &rig.node_addrs()));
     let admin_taken = ConfigFile::new(&config(other_listen, admin, &rig.node_addrs()));
-    let mut first = Proc::spawn(splicer_cmd(&file.path));
+    let mut first = Proc::spawn(Proc::command(&file.path));
     first.until_ready(admin).await;
     let in_use = "is already in use (is another splicer running?)";
     for (cfg, expected) in [
@@ -549,14 +533,9 @@ async fn a_second_instance_exits_1_and_leaves_the_first_alone() {
             format!("splicer: admin API: {admin} {in_use}"),
         ),
     ] {
-        let mut second = Proc::spawn(splicer_cmd(&cfg.path));
+        let mut second = Proc::spawn(Proc::command(&cfg.path));
+        // Once the exit is awaited, its log is complete.
         let exit = second.exit().await;
-        // The readers may lag the exit by a moment.
-        wait_until(WAIT, "the second process's stderr", || {
-            let log = second.log();
-            async move { log.contains("in use") }
-        })
-        .await;
         assert_eq!(exit.code(), Some(1), "{}", second.log());
         assert!(
             second.log().lines().any(|l| l == expected),
@@ -586,7 +565,7 @@ async fn a_broken_log_stream_stops_nothing() {
     let rig = common::rig(2).await;
     let (listen, admin) = (free_addr(), free_addr());
     let file = ConfigFile::new(&config(listen, admin, &rig.node_addrs()));
-    let mut cmd = splicer_cmd(&file.path);
+    let mut cmd = Proc::command(&file.path);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
