@@ -3,13 +3,11 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{collect_lines, free_addr, metric_value, try_http, wait_until, TestServer, WAIT};
+use common::process::{Proc, Stdout};
+use common::{metric_value, try_http, wait_until, TestServer, WAIT};
 
 #[tokio::test]
 async fn lines_lost_to_a_full_stdout_are_counted_and_serving_goes_on() {
@@ -20,11 +18,12 @@ async fn lines_lost_to_a_full_stdout_are_counted_and_serving_goes_on() {
         }
     })
     .await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("splicer.toml");
-    std::fs::write(
-        &config,
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let proc = Proc::start(Stdout::File(full), 1, |admin, listeners| {
+        let listen = listeners[0];
         format!(
             r#"
 [admin]
@@ -40,30 +39,11 @@ backends = ["{}"]
 check = "none"
 "#,
             backend.addr
-        ),
-    )
-    .expect("write config");
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .expect("/dev/full");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(full))
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("splicer starts");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    collect_lines(child.stderr.take().expect("stderr"), log.clone());
-    let log_text = || log.lock().map(|l| l.join("\n")).unwrap_or_default();
-    wait_until(WAIT, "splicer ready", || async {
-        matches!(try_http(admin, "GET", "/ready").await, Some((200, _)))
+        )
     })
     .await;
-
+    let (admin, listen) = (proc.admin(), proc.listeners()[0]);
+    let log_text = || proc.log();
     for i in 0..5 {
         let mut s = TcpStream::connect(listen).await.expect("connect");
         s.write_all(b"ping").await.expect("write");

@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{collect_lines, free_addr, try_http, wait_until, TestServer, WAIT};
+use common::process::{Proc, Stdout};
+use common::{try_http, wait_until, TestServer, WAIT};
 
 /// The lowest descriptor number `pid` does not hold: the next fd it would get.
 fn lowest_free_fd(pid: i32) -> u64 {
@@ -77,11 +76,8 @@ async fn running_out_of_descriptors_blames_no_backend() {
         }
     })
     .await;
-    let (admin, listen) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("splicer.toml");
-    std::fs::write(
-        &config,
+    let proc = Proc::start(Stdout::Null, 1, |admin, listeners| {
+        let listen = listeners[0];
         format!(
             r#"
 [admin]
@@ -105,27 +101,11 @@ rise = 1
 fall = 2
 "#,
             backend.addr
-        ),
-    )
-    .expect("write config");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("splicer starts");
-    let pid = child.id().and_then(|p| i32::try_from(p).ok()).expect("pid");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    collect_lines(child.stderr.take().expect("stderr"), log.clone());
-    let log_text = || log.lock().map(|l| l.join("\n")).unwrap_or_default();
-    wait_until(WAIT, "splicer ready", || async {
-        matches!(try_http(admin, "GET", "/ready").await, Some((200, _)))
+        )
     })
     .await;
+    let (admin, listen, pid) = (proc.admin(), proc.listeners()[0], proc.pid);
+    let log_text = || proc.log();
     let mut warm = TcpStream::connect(listen).await.expect("connect");
     assert!(served(&mut warm).await, "served before the limit");
 

@@ -146,7 +146,7 @@ async fn churn_flapping_reloads_upgrades_and_slowloris_fail_no_client() {
                 config(splicer.admin, splicer.listen, &nodes, 1 + (tick % 2) as u32),
             )
             .expect("rewrite config");
-            common::installed::signal(pid, libc::SIGHUP);
+            common::process::signal(pid, libc::SIGHUP);
             reloads += 1;
         }
         if tick % 7 == 0 {

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::process::{is_alive, signal, Proc};
+use common::process::{is_alive, signal, KillOnDrop, Proc};
 
 /// A config with a state file, in a temp dir of its own.
 struct Setup {
@@ -489,7 +489,7 @@ async fn an_upgrade_keeps_drain_decisions() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let successor = s["pid"].as_i64().expect("pid") as i32;
-    let _guard = kill_on_drop(successor);
+    let _guard = KillOnDrop(successor);
     assert_eq!(
         states(&s),
         ["draining", "up"],
@@ -512,18 +512,4 @@ async fn an_upgrade_keeps_drain_decisions() {
     })
     .await;
     assert_eq!(setup.read(), Some(doc(&[(nodes[0], "draining")])));
-}
-
-/// SIGKILLs `pid` (an upgrade's successor, not our child) when dropped, if it still runs.
-fn kill_on_drop(pid: i32) -> impl Drop {
-    struct Kill(i32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            if is_alive(self.0) {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe { libc::kill(self.0, libc::SIGKILL) };
-            }
-        }
-    }
-    Kill(pid)
 }

@@ -19,19 +19,7 @@ use common::{
 };
 use tokio::process::Command;
 
-use common::process::{is_alive, signal, Proc};
-
-/// SIGKILLs a process we did not start ourselves (an upgrade's successor) when dropped.
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if is_alive(self.0) {
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
-        }
-    }
-}
+use common::process::{is_alive, signal, KillOnDrop, Proc};
 
 fn config(listen: SocketAddr, admin: SocketAddr, backends: &[SocketAddr]) -> String {
     format!(

@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::installed::{open_fds, signal, Installed, Running};
+use common::installed::{open_fds, Installed, Running};
 use common::load::{self, Load, Pace, Target};
+use common::process::signal;
 use common::{try_http, wait_until, WAIT};
 
 fn config(admin: SocketAddr, listen: SocketAddr, nodes: &[SocketAddr], extra: &str) -> String {
@@ -308,7 +309,7 @@ async fn sigterm_keeps_accepting_for_the_shutdown_delay_while_the_outer_checker_
     .await;
 
     let signalled = Instant::now();
-    signal(leaving.child.id().map_or(0, |p| p as i32), libc::SIGTERM);
+    leaving.process.signal(libc::SIGTERM);
     // While the delay runs, the leaving splicer still accepts and serves.
     let mut served_after_signal = 0;
     while signalled.elapsed() < delay - Duration::from_millis(500) {
@@ -331,10 +332,7 @@ async fn sigterm_keeps_accepting_for_the_shutdown_delay_while_the_outer_checker_
         "moved away within the delay"
     );
 
-    let status = tokio::time::timeout(WAIT, leaving.child.wait())
-        .await
-        .expect("the leaving splicer exits")
-        .expect("wait");
+    let status = leaving.process.exit().await;
     assert!(status.success(), "{status}\n{}", leaving.log());
     assert!(
         signalled.elapsed() >= delay,

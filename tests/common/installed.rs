@@ -4,11 +4,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{collect_lines, free_addr, try_http, wait_until, WAIT};
+use super::process::{is_alive, kill_if_alive, signal, Proc};
+use super::{free_addr, try_http, WAIT};
 
 /// A splicer binary installed in a temp dir, replaceable in place.
 pub struct Installed {
@@ -64,7 +63,7 @@ impl Installed {
                 continue;
             };
             let exe = exe.to_string_lossy();
-            if (exe == want || exe == deleted) && !is_zombie(pid) {
+            if (exe == want || exe == deleted) && is_alive(pid) {
                 pids.push(pid);
             }
         }
@@ -76,23 +75,8 @@ impl Drop for Installed {
     fn drop(&mut self) {
         // Successors are not our children: kill_on_drop cannot reach them.
         for pid in self.processes() {
-            signal(pid, libc::SIGKILL);
+            kill_if_alive(pid);
         }
-    }
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(true)
-}
-
-/// Sends `sig` to `pid`.
-pub fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
     }
 }
 
@@ -103,15 +87,14 @@ pub fn open_fds(pid: i32) -> usize {
 
 /// `splicer run` started from an installed path; its successors write to the same pipes.
 pub struct Running {
-    /// The first process.
-    pub child: tokio::process::Child,
+    /// The first process (killed on drop; successors by [`Installed`]'s drop).
+    pub process: Proc,
     /// Admin API address.
     pub admin: SocketAddr,
     /// The listener's address.
     pub listen: SocketAddr,
     /// The config file.
     pub config: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
     _config_dir: tempfile::TempDir,
 }
 
@@ -125,41 +108,20 @@ impl Running {
         let config = dir.path().join("splicer.toml");
         let (admin, listen) = (free_addr(), free_addr());
         std::fs::write(&config, config_text(admin, listen)).expect("write config");
-        let mut child = tokio::process::Command::new(bin)
-            .arg("run")
-            .arg("-c")
-            .arg(&config)
-            .env_remove("SPLICER_CONFIG")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("splicer starts");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stdout.take().expect("stdout"), log.clone());
-        collect_lines(child.stderr.take().expect("stderr"), log.clone());
-        let running = Running {
-            child,
+        let mut process = Proc::spawn(Proc::command_for(bin, &config));
+        process.until_ready(admin).await;
+        Running {
+            process,
             admin,
             listen,
             config,
-            log,
             _config_dir: dir,
-        };
-        let log = running.log.clone();
-        wait_until(WAIT, "splicer ready", || async {
-            matches!(try_http(admin, "GET", "/ready").await, Some((200, _)))
-        })
-        .await;
-        drop(log);
-        running
+        }
     }
 
     /// stdout and stderr of every generation so far.
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+        self.process.log()
     }
 
     /// The pid that answers on the admin API now.

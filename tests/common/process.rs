@@ -14,12 +14,28 @@ use tokio::task::JoinHandle;
 use super::{collect_lines, free_addr, try_http, WAIT};
 
 /// Where a child's stdout goes (splicer writes its access log there, its logs to stderr).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Stdout {
     /// Into the log, interleaved with stderr line by line.
     Log,
     /// Left piped in `child.stdout`, for the test to read (or to leave unread: a stalled sink).
     Piped,
+    /// Discarded.
+    Null,
+    /// Into this file (`/dev/full`: a sink that fails every write).
+    File(std::fs::File),
+}
+
+impl Stdout {
+    /// The same choice again, for a retried start.
+    fn again(&self) -> Stdout {
+        match self {
+            Stdout::Log => Stdout::Log,
+            Stdout::Piped => Stdout::Piped,
+            Stdout::Null => Stdout::Null,
+            Stdout::File(f) => f.try_clone().map_or(Stdout::Null, Stdout::File),
+        }
+    }
 }
 
 /// A child process (usually `splicer run`): stdin closed, output collected into one log,
@@ -47,8 +63,14 @@ impl Proc {
 
     /// Starts `cmd` (stdin closed, killed on drop) with stderr collected and stdout as asked.
     pub fn spawn_with(mut cmd: Command, stdout: Stdout) -> Proc {
+        let (out, collect_stdout) = match stdout {
+            Stdout::Log => (Stdio::piped(), true),
+            Stdout::Piped => (Stdio::piped(), false),
+            Stdout::Null => (Stdio::null(), false),
+            Stdout::File(f) => (Stdio::from(f), false),
+        };
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(out)
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("process starts");
@@ -58,7 +80,7 @@ impl Proc {
             child.stderr.take().expect("stderr"),
             log.clone(),
         )];
-        if stdout == Stdout::Log {
+        if collect_stdout {
             let out = child.stdout.take().expect("stdout");
             readers.push(collect_lines(out, log.clone()));
         }
@@ -76,7 +98,12 @@ impl Proc {
     /// `splicer run -c config` with no variable of the environment that would change how it
     /// starts (a config path, a service manager, passed sockets), info logs.
     pub fn command(config: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_splicer"));
+        Proc::command_for(Path::new(env!("CARGO_BIN_EXE_splicer")), config)
+    }
+
+    /// [`Proc::command`] with the executable at `bin` (an installed copy).
+    pub fn command_for(bin: &Path, config: &Path) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.arg("run").arg("-c").arg(config);
         let vars = "SPLICER_CONFIG NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID LISTEN_FDS LISTEN_PID";
         for var in vars.split(' ') {
@@ -110,7 +137,7 @@ impl Proc {
             let dir = tempfile::tempdir().expect("tempdir");
             let path = dir.path().join("splicer.toml");
             std::fs::write(&path, make_config(admin, &addrs)).expect("write config");
-            let mut p = Proc::spawn_with(Proc::command(&path), stdout);
+            let mut p = Proc::spawn_with(Proc::command(&path), stdout.again());
             p.admin = Some(admin);
             p.listeners = addrs;
             p.dir = Some(dir);
@@ -316,6 +343,24 @@ pub fn signal(pid: i32, sig: i32) {
     // which is not reaped before its exit is awaited, so the pid cannot have been reused.
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+/// SIGKILLs a process the test did not start itself (an upgrade's successor: `kill_on_drop`
+/// cannot reach it) when dropped, if it still runs.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_if_alive(self.0);
+    }
+}
+
+/// SIGKILL to `pid` if it still runs; a process already gone is no error.
+pub fn kill_if_alive(pid: i32) {
+    if is_alive(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
 /// Whether `pid` runs (a zombie counts as gone: an upgrade's successor is not our child).
