@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! config file ─► config::load (serde mirror → validated Config)
-//!                 └─► app::start
+//!                 └─► server::start (app::Starting, then admin::serve over it)
 //!                      ├─ pool::start per pool ─ supervisor task: events → pool::machine (pure
 //!                      │     │   `apply(event, now) -> effects`) → effects performed
 //!                      │     ▲ health::run_checks per backend (probe::Prober: TCP / TLS / HTTP),
@@ -15,15 +15,17 @@
 //!                      │     └─► ArcSwap<PoolSnapshot>: live set + states + fail-open + outage
 //!                      │           + cluster health, one store per change by the one writer
 //!                      ├─ net::listener::accept_loop per listener (max_connections backpressure)
-//!                      │     └─► proxy::serve per connection: pick (balance) → net::connect
+//!                      │     └─► proxy::serve per connection: pick (pool::balance) → net::connect
 //!                      │           (retries) → net::pump (both ways) → access log
 //!                      └─ admin::serve (hyper): /health, /ready, /status, the dashboard at /
 //! ```
 //!
-//! Who owns what: `app` owns the tokens and task trackers (and so shutdown); each pool's
-//! supervisor owns its pool's state and alone publishes its [`pool::PoolSnapshot`], which the
-//! data path, `/status` and `/metrics` all read; connections own nothing shared but an RAII
-//! [`pool::Lease`] and counters; the admin API only reads.
+//! Who owns what: `server` wires `app` and `admin` (the admin API reads the app, never the
+//! reverse; `layering.rs` keeps the module graph acyclic); `app` owns the tokens and task
+//! trackers (and so shutdown); each pool's supervisor owns its pool's state and alone publishes
+//! its [`pool::PoolSnapshot`], which the data path, `/status` and `/metrics` all read;
+//! connections own nothing shared but an RAII [`pool::Lease`] and counters; the admin API only
+//! reads. The whole design, and the interface contract, is docs/architecture.md.
 //!
 //! [`rig`] is the simulated cluster used by `splicer rig`, `splicer demo` and the tests.
 

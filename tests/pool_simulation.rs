@@ -450,21 +450,6 @@ fn observe(
             } else if !up {
                 m.ramp_from.remove(&c.backend);
             }
-            if !m.shared.is_empty() {
-                // The outage is recomputed over enabled members' latest reports.
-                if let Some(s) = snapshot {
-                    let latest: Vec<Option<&Services>> = s
-                        .members
-                        .iter()
-                        .filter(|x| matches!(x.state, BackendState::Up | BackendState::Down))
-                        .map(|x| m.services.get(&x.backend.address).and_then(|s| s.as_ref()))
-                        .collect();
-                    let want = quay::outages(&m.shared, &latest);
-                    ensure(s.shared_outage == want, || {
-                        format!("outage {:?}, want {want:?}", s.shared_outage)
-                    })?;
-                }
-            }
         }
     }
     let now_retired = publishes.last().is_some_and(|s| s.retired) || m.retired;
@@ -586,6 +571,21 @@ fn observe(
                 )
             })?;
         }
+    }
+
+    // After every event, not only checks: the shared outage is computed over the enabled
+    // members' latest answers (a disable or a removal moves it at once).
+    if let Some(s) = m.last.as_ref().filter(|_| !m.shared.is_empty()) {
+        let latest: Vec<Option<&Services>> = s
+            .members
+            .iter()
+            .filter(|x| matches!(x.state, BackendState::Up | BackendState::Down))
+            .map(|x| m.services.get(&x.backend.address).and_then(|s| s.as_ref()))
+            .collect();
+        let want = quay::outages(&m.shared, &latest);
+        ensure(s.shared_outage == want, || {
+            format!("outage {:?}, want {want:?}", s.shared_outage)
+        })?;
     }
 
     // Members that left are forgotten: a later add is a new backend.

@@ -190,6 +190,13 @@ impl PoolMachine {
         if self.finished {
             return Vec::new();
         }
+        let eligibility_may_change = !matches!(
+            event,
+            Event::Check(_)
+                | Event::PassiveFailure { .. }
+                | Event::Tick { .. }
+                | Event::ClusterHealth(_)
+        );
         match event {
             Event::Check(result) => self.on_check(result, now),
             Event::PassiveFailure {
@@ -220,6 +227,11 @@ impl PoolMachine {
             Event::Retire { drain_timeout } => self.on_retire(drain_timeout, now),
             Event::Tick { open_connections } => self.on_tick(&open_connections, now),
             Event::ClusterHealth(result) => self.on_cluster_health(result),
+        }
+        if eligibility_may_change && self.tracks_outage() {
+            // Who counts toward the outage (enabled members) or which services are shared
+            // may have changed: the outage follows at once, not at the next changed answer.
+            self.update_shared_outage();
         }
         self.finish(now)
     }
@@ -441,8 +453,10 @@ impl PoolMachine {
             return;
         }
         let pass = result.pass;
+        // O(1) in the steady state: the outage can only move when a backend's answer does.
+        let changed = self.slots[i].services != result.services;
         self.slots[i].services = result.services;
-        if !self.config.health.shared_dependencies.is_empty() {
+        if changed && !self.config.health.shared_dependencies.is_empty() {
             self.update_shared_outage();
         }
         // A failure that is only a shared outage neither ejects an up backend nor counts
@@ -488,6 +502,12 @@ impl PoolMachine {
         if self.startup.is_some() && self.pending_initial == 0 {
             self.finish_initial_round(now);
         }
+    }
+
+    /// Whether there is an outage to keep: shared services configured, or one still recorded
+    /// from settings a reload just removed.
+    fn tracks_outage(&self) -> bool {
+        !self.config.health.shared_dependencies.is_empty() || !self.outage.is_empty()
     }
 
     /// Recomputes which shared services are in outage (over enabled backends' latest

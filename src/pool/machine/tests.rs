@@ -300,6 +300,41 @@ fn only_failures_on_shared_services_in_outage_are_forgiven() {
 }
 
 #[test]
+fn the_outage_follows_who_is_enabled_at_once_and_is_not_recounted_on_a_steady_answer() {
+    let mut c = config(3);
+    c.health.shared_dependencies = vec!["database".into()];
+    let mut r = Rig::new(c, true);
+    for i in 0..3 {
+        r.check_with(i, true, true, None);
+    }
+    let db_down = || services(&[("database", false)]);
+    r.check_with(0, false, false, db_down());
+    r.check_with(1, false, false, db_down());
+    assert_eq!(r.snap().shared_outage, vec!["database".to_string()]);
+    // The same answer again changes nothing: no publish, no log line.
+    r.check_with(0, false, false, db_down());
+    assert!(!r.has(|e| matches!(e, Effect::Publish(_))));
+    // Disabling one of the two leaves one of two enabled reporting it: still half.
+    r.apply(Event::Admin {
+        backend: addr(1),
+        action: AdminAction::Disable,
+    });
+    assert_eq!(r.snap().shared_outage, vec!["database".to_string()]);
+    // Disabling the other too leaves one enabled backend reporting no database failure: the
+    // outage ends with the admin action, not at some later check.
+    r.apply(Event::Admin {
+        backend: addr(0),
+        action: AdminAction::Disable,
+    });
+    assert!(
+        r.snap().shared_outage.is_empty(),
+        "{:?}",
+        r.snap().shared_outage
+    );
+    assert!(r.logged("shared outage ended"));
+}
+
+#[test]
 fn fail_open_spreads_over_enabled_down_backends_only() {
     let mut c = config(3);
     c.fail_open = true;
