@@ -52,7 +52,7 @@ fn first_gap(interval: Duration) -> Duration {
 
 /// Checks `backend` (probing `target`) until `stop` is cancelled or the supervisor goes away.
 /// The first check runs at once and is flagged `initial` when `initial` is true; the second
-/// starts after [`first_gap`] (which spreads a pool's checks over the interval), the next ones
+/// starts after `first_gap` (which spreads a pool's checks over the interval), the next ones
 /// every `interval` (plus jitter), start to start.
 pub async fn run_checks(
     backend: SocketAddr,
