@@ -166,19 +166,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn set(weights: &[u32]) -> LiveSet {
-        let members = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                let addr: SocketAddr = format!("127.0.0.{}:443", i + 2).parse().unwrap();
-                (Arc::new(Backend::new("p".into(), addr)), w)
-            })
-            .collect();
-        LiveSet::new(
-            Arc::new(crate::config::PoolConfig::for_tests()),
-            members,
-            false,
-        )
+        LiveSet::for_tests(weights)
     }
 
     fn counts(kind: BalanceKind, s: &LiveSet, n: usize) -> HashMap<SocketAddr, usize> {

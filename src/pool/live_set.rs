@@ -132,15 +132,15 @@ fn gcd64(a: u64, b: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(weights: &[u32]) -> LiveSet {
+impl LiveSet {
+    /// A set of one backend per weight, at 127.0.0.2:443, 127.0.0.3:443, ... in order.
+    pub(crate) fn for_tests(weights: &[u32]) -> LiveSet {
         let members = weights
             .iter()
             .enumerate()
             .map(|(i, &w)| {
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+                let host = u8::try_from(i + 2).unwrap_or(u8::MAX);
+                let addr = std::net::SocketAddr::from(([127, 0, 0, host], 443));
                 (Arc::new(Backend::new("p".into(), addr)), w)
             })
             .collect();
@@ -149,6 +149,15 @@ mod tests {
             members,
             false,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(weights: &[u32]) -> LiveSet {
+        LiveSet::for_tests(weights)
     }
 
     fn order(s: &LiveSet, from: u64, n: u64) -> Vec<usize> {
