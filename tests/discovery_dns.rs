@@ -52,6 +52,8 @@ struct Zone {
     mode: Mutex<Mode>,
     /// Queries answered with the records (mode `Answer`).
     answered: AtomicU64,
+    /// Queries that arrived, answered or not.
+    received: AtomicU64,
 }
 
 /// A fake DNS server on 127.0.0.1:<ephemeral>; `close` drops its socket, `reopen` binds the same
@@ -70,6 +72,7 @@ impl FakeDns {
             records: Mutex::new(ips(records)),
             mode: Mutex::new(Mode::Answer),
             answered: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         });
         let task = Some(tokio::spawn(serve(socket, zone.clone())));
         FakeDns { addr, zone, task }
@@ -85,6 +88,10 @@ impl FakeDns {
 
     fn answered(&self) -> u64 {
         self.zone.answered.load(Ordering::SeqCst)
+    }
+
+    fn received(&self) -> u64 {
+        self.zone.received.load(Ordering::SeqCst)
     }
 
     /// Stops the server and drops its socket, so the port refuses (ICMP) rather than ignores.
@@ -115,6 +122,7 @@ async fn serve(socket: UdpSocket, zone: Arc<Zone>) {
         let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
+        zone.received.fetch_add(1, Ordering::SeqCst);
         let Ok(request) = Message::from_vec(&buf[..len]) else {
             continue;
         };
@@ -402,8 +410,9 @@ async fn run_stops_while_the_server_is_silent() {
         Arc::new(AtomicU64::new(0)),
         stop.clone(),
     ));
-    // Mid-resolution (it would take up to 5s): cancellation does not wait for it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Mid-resolution (the query arrived and will never be answered; the resolver would wait up
+    // to 5 s): cancellation does not wait for it.
+    wait_until("the query reaches the silent server", || dns.received() > 0).await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(1), task)
         .await
