@@ -14,17 +14,19 @@
 
 #[path = "support/mod.rs"]
 mod support;
+#[allow(dead_code)]
+#[path = "proxy/sys.rs"]
+mod sys;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const CLIENT_THREADS: u8 = 2;
-const SOURCES: u8 = 190;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+use support::IO_TIMEOUT;
+use sys::ChildGuard;
+
+const CLIENT_THREADS: u32 = 2;
+const SOURCES: u64 = 190;
 
 fn main() {
     let Some((runs, secs)) =
@@ -66,34 +68,14 @@ fn main() {
     );
 }
 
-/// Connections completed per second against `addr` for `secs`.
+/// Connections completed per second against `addr` for `secs`, each from one of `SOURCES`
+/// loopback source addresses in turn.
 fn rate(addr: SocketAddr, secs: f64) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..CLIENT_THREADS)
-        .map(|t| {
-            let (done, stop) = (done.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut i: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let source = 10
-                        + ((i * u64::from(CLIENT_THREADS) + u64::from(t)) % u64::from(SOURCES))
-                            as u8;
-                    i += 1;
-                    if one_connection(IpAddr::V4(Ipv4Addr::new(127, 0, 0, source)), addr) {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let (done, elapsed) = support::closed_loop(CLIENT_THREADS, secs, move |t, i| {
+        let source = 10 + ((i * u64::from(CLIENT_THREADS) + u64::from(t)) % SOURCES) as u8;
+        one_connection(IpAddr::V4(Ipv4Addr::new(127, 0, 0, source)), addr)
+    });
+    done as f64 / elapsed
 }
 
 fn one_connection(source: IpAddr, to: SocketAddr) -> bool {
@@ -107,25 +89,19 @@ fn one_connection(source: IpAddr, to: SocketAddr) -> bool {
     if socket.connect_timeout(&to.into(), IO_TIMEOUT).is_err() {
         return false;
     }
-    let mut s: TcpStream = socket.into();
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let mut b = [7u8; 1];
-    s.write_all(&b).is_ok() && s.read_exact(&mut b).is_ok()
+    support::byte_exchange(socket.into())
 }
 
 /// One splicer process with `listener_extra` in its listener table.
 struct Splicer {
-    child: Child,
+    _child: ChildGuard,
     addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl Splicer {
     fn start(backend: SocketAddr, listener_extra: &str) -> Splicer {
-        let addr = {
-            let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-            l.local_addr().expect("addr")
-        };
+        let addr = support::free_addr();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("edge.toml");
         std::fs::write(
@@ -143,25 +119,14 @@ impl Splicer {
             .stderr(Stdio::null())
             .spawn()
             .expect("splicer starts");
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "splicer did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = ChildGuard(child);
+        let listening =
+            sys::wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
+        assert!(listening, "splicer did not listen");
         Splicer {
-            child,
+            _child: child,
             addr,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for Splicer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -18,18 +18,20 @@
 
 #[path = "support/mod.rs"]
 mod support;
+#[allow(dead_code)]
+#[path = "proxy/sys.rs"]
+mod sys;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const CLIENT_THREADS: usize = 2;
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+use support::{free_addr, http, IO_TIMEOUT};
+use sys::ChildGuard;
+
+const CLIENT_THREADS: u32 = 2;
 const START_WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
@@ -90,97 +92,27 @@ fn main() {
 
 /// Connections/s through splicer for `secs`, and splicer's CPU µs per connection meanwhile.
 fn measure(splicer: &Splicer, secs: f64) -> (f64, f64) {
-    let cpu_before = cpu_seconds(splicer.child.id());
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..CLIENT_THREADS)
-        .map(|_| {
-            let (done, stop, addr) = (done.clone(), stop.clone(), splicer.addr);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if one_connection(addr) {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    let started = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let n = done.load(Ordering::Relaxed) as f64;
-    let cpu = cpu_seconds(splicer.child.id()) - cpu_before;
-    (n / elapsed, cpu * 1e6 / n.max(1.0))
+    let pid = splicer.child.pid();
+    let cpu_before = sys::cpu_seconds(pid);
+    let addr = splicer.addr;
+    let (done, elapsed) = support::closed_loop(CLIENT_THREADS, secs, move |_, _| {
+        TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_ok_and(support::byte_exchange)
+    });
+    let cpu = sys::cpu_seconds(pid) - cpu_before;
+    (done as f64 / elapsed, cpu * 1e6 / (done as f64).max(1.0))
 }
 
-/// utime + stime of `pid`, in seconds (0 when /proc cannot tell).
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz.max(1.0)
-}
-
-fn one_connection(to: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&to, IO_TIMEOUT) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    let mut b = [7u8; 1];
-    s.write_all(&b).is_ok() && s.read_exact(&mut b).is_ok()
-}
-
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("addr")
-}
-
-/// Polls `cond` every 50 ms until it holds, panicking with `what` after `START_WAIT`.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(
-            started.elapsed() < START_WAIT,
-            "{what} within {START_WAIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One plain HTTP/1.1 GET; the whole answer, or `None`.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    Some(answer)
+/// Polls `cond` until it holds, panicking with `what` after `START_WAIT`.
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        sys::wait_until(START_WAIT, cond),
+        "{what} within {START_WAIT:?}"
+    );
 }
 
 /// The splicer process under test.
 struct Splicer {
-    child: Child,
+    child: ChildGuard,
     addr: SocketAddr,
     admin: SocketAddr,
 }
@@ -209,18 +141,15 @@ impl Splicer {
             .stderr(Stdio::null())
             .spawn()
             .expect("splicer starts");
-        let s = Splicer { child, addr, admin };
+        let s = Splicer {
+            child: ChildGuard(child),
+            addr,
+            admin,
+        };
         wait_for("splicer ready", || {
-            http_get(admin, "/ready").is_some_and(|a| a.starts_with("HTTP/1.1 200"))
+            http(admin, "GET", "/ready").is_some_and(|(status, _)| status == 200)
         });
         s
-    }
-}
-
-impl Drop for Splicer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -291,8 +220,12 @@ impl Watcher {
     fn wait_scraping(&self) {
         let Some(api) = self.api else { return };
         wait_for("prometheus scraping splicer", || {
-            http_get(api, "/api/v1/query?query=up%7Bjob%3D%22splicer%22%7D")
-                .is_some_and(|a| a.contains("\"value\":[") && a.contains(",\"1\"]"))
+            http(
+                api,
+                "GET",
+                "/api/v1/query?query=up%7Bjob%3D%22splicer%22%7D",
+            )
+            .is_some_and(|(_, a)| a.contains("\"value\":[") && a.contains(",\"1\"]"))
         });
     }
 

@@ -2,15 +2,12 @@
 //! splicer (the built binary) and HAProxy (`mode tcp`, checks as splicer's). Both run one
 //! thread (`workers = 1`, `nbthread 1`) pinned to one CPU when the machine has two.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, ChildGuard};
-
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a pool checks with.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -66,10 +63,7 @@ impl Pool {
     }
 }
 
-pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("addr")
-}
+pub use crate::support::{free_addr, http};
 
 /// A running balancer.
 pub struct Balancer {
@@ -258,20 +252,4 @@ fn haproxy_cfg(pools: &[Pool]) -> String {
         t += "\n";
     }
     t
-}
-
-/// One HTTP/1.1 request to the admin API: (status, body).
-pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    let status = answer.get(9..12)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }
