@@ -218,27 +218,19 @@ mod tests {
         let s = set(&[1, 1, 2]);
         let _busy: Vec<_> = (0..3).map(|_| s.members[0].connected()).collect();
         let _one = s.members[1].connected();
-        // Loads: a=(3+1)/1, b=(1+1)/1, c=(0+1)/2 -> c.
-        let b = pick(
-            BalanceKind::LeastConnections,
-            &s,
-            IpAddr::from([1, 1, 1, 1]),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(b.address, s.members[2].address);
-        // Fill c with leases and watch the pick follow the lowest load per weight.
-        let mut held = Vec::new();
-        for _ in 0..40 {
-            let b = pick(
+        let least = || {
+            pick(
                 BalanceKind::LeastConnections,
                 &s,
                 IpAddr::from([1, 1, 1, 1]),
                 &[],
             )
-            .unwrap();
-            held.push(b.connected());
-        }
+            .unwrap()
+        };
+        // Loads: a=(3+1)/1, b=(1+1)/1, c=(0+1)/2 -> c.
+        assert_eq!(least().address, s.members[2].address);
+        // Fill c with leases and watch the pick follow the lowest load per weight.
+        let _held: Vec<_> = (0..40).map(|_| least().connected()).collect();
         let a = s.members[0].active_connections() as f64;
         let c = s.members[2].active_connections() as f64;
         assert!((c / 2.0 - a).abs() <= 1.0, "a={a} c={c}");
