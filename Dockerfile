@@ -2,7 +2,7 @@
 #
 # splicer in a container: a small runtime image that runs as an unprivileged user.
 #
-#   docker build -t splicer:0.1.0 .
+#   docker build --build-arg SPLICER_COMMIT="$(git rev-parse --short HEAD)" -t splicer:0.1.0 .
 #   docker run -d --name splicer -p 443:443 -p 127.0.0.1:9090:9090 --stop-timeout 60 \
 #       -v /etc/splicer:/etc/splicer:ro splicer:0.1.0
 #
@@ -22,7 +22,9 @@ FROM rust:1.95.0-slim-trixie AS build
 WORKDIR /src
 # Only what cargo reads (.dockerignore sends nothing else): the manifest and lock file, the
 # build script, the sources, and benches/ because Cargo.toml declares a bench target there.
-# The context has no .git, so splicer_build_info reports commit="unknown".
+# The context has no .git: the commit splicer_build_info reports comes from this build argument
+# (build.rs reads it; "unknown" when not given).
+ARG SPLICER_COMMIT=unknown
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY benches ./benches

@@ -1,14 +1,29 @@
 //! Records the git commit splicer is built from, for `splicer_build_info{commit}`.
 //!
-//! Outside a git checkout (a source tarball, the Docker build context) or without git, the
-//! commit is `unknown`: this script never fails the build. It reruns only when HEAD moves (a
-//! checkout, or a commit on the current branch), not on every source change.
+//! `SPLICER_COMMIT` in the environment wins (the Docker build context has no .git: the
+//! Dockerfile takes it as a build argument). Otherwise outside a git checkout (a source
+//! tarball) or without git, the commit is `unknown`: this script never fails the build. It
+//! reruns only when HEAD moves (a checkout, or a commit on the current branch) or
+//! `SPLICER_COMMIT` changes, not on every source change.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rerun-if-env-changed=SPLICER_COMMIT");
+    let given = std::env::var("SPLICER_COMMIT")
+        .ok()
+        .map(|c| c.trim().to_string())
+        // Only what a commit id or a tag can hold: the value ends up in a metric label.
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= 64
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_' | '+'))
+        });
+    let commit = given
+        .or_else(|| git(&["rev-parse", "--short", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SPLICER_GIT_COMMIT={commit}");
 
     // A path that does not exist would make cargo rerun this on every build, so only existing

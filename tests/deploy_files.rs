@@ -188,6 +188,24 @@ fn dockerfile_builds_with_the_ci_command() {
         build.all("RUN").any(|i| run_command(&i.args) == CI_BUILD),
         "the build runs in the first stage"
     );
+    // The context has no .git: the commit for splicer_build_info comes in as a build argument
+    // that build.rs reads, declared before the build so the build's environment has it.
+    let arg_at = build
+        .instructions
+        .iter()
+        .position(|i| i.keyword == "ARG" && i.args.starts_with("SPLICER_COMMIT"));
+    let build_at = build
+        .instructions
+        .iter()
+        .position(|i| i.keyword == "RUN" && run_command(&i.args) == CI_BUILD);
+    assert!(
+        matches!((arg_at, build_at), (Some(a), Some(b)) if a < b),
+        "ARG SPLICER_COMMIT must come before the build in the build stage"
+    );
+    assert!(
+        read("build.rs").contains("\"SPLICER_COMMIT\""),
+        "build.rs must read SPLICER_COMMIT"
+    );
     let (image, tag) = image_tag(&build.image);
     assert_eq!(
         image, "rust",

@@ -974,6 +974,17 @@ fn get_build_info(e: &Exposition) -> String {
 
 /// What `build.rs` records: the checkout's short HEAD, or `unknown` outside git.
 fn expected_commit() -> String {
+    // A commit given to the build (the Docker image's build argument) wins, as in build.rs.
+    // build.rs takes it only when it fits a label: up to 64 of [A-Za-z0-9._+-].
+    let given = option_env!("SPLICER_COMMIT").map(str::trim).filter(|c| {
+        !c.is_empty()
+            && c.len() <= 64
+            && c.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_' | '+'))
+    });
+    if let Some(given) = given {
+        return given.to_string();
+    }
     let dir = env!("CARGO_MANIFEST_DIR");
     if !std::path::Path::new(dir).join(".git").exists() {
         return "unknown".to_string();
