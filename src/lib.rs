@@ -36,6 +36,7 @@ pub mod backend_cmd;
 pub mod cli_docs;
 pub mod config;
 pub mod console;
+pub mod demo;
 pub mod discovery;
 pub mod edge;
 pub mod error_chain;

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use splicer::config::{self, Config, LogFormat};
 use splicer::lifecycle::{Executable, Inherited, Notifier, ReadyPipe};
 use splicer::rig::{CaOptions, Rig, RigOptions};
 use splicer::status_cmd::{self, StatusCmdError};
-use splicer::{app, server};
+use splicer::{app, demo, server};
 
 /// mimalloc instead of glibc's allocator: every connection allocates a tokio task and two socket
 /// registrations, all cache-line aligned, and glibc serves aligned allocations on its slow path
@@ -745,56 +745,6 @@ async fn rig(opts: RigOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The demo's balancer: `config/rig.toml`, embedded, with the rig's nodes as backends. With
-/// the rig's CA (`ca`: the service name and the CA file's absolute path), the checks verify the
-/// nodes' certificates for that name, as docs/quay-ha.md sets them up.
-fn demo_config(nodes: &[SocketAddr], ca: Option<(&str, &Path)>) -> anyhow::Result<Config> {
-    const RIG_TOML: &str = include_str!("../config/rig.toml");
-    let mut doc: toml::Table = RIG_TOML.parse().context("config/rig.toml")?;
-    let pool = doc
-        .get_mut("pool")
-        .and_then(|p| p.as_array_mut())
-        .and_then(|p| p.first_mut())
-        .and_then(|p| p.as_table_mut())
-        .context("config/rig.toml has no [[pool]]")?;
-    let backends = nodes.iter().map(|a| a.to_string().into()).collect();
-    pool.insert("backends".into(), toml::Value::Array(backends));
-    if let Some((name, file)) = ca {
-        let health = pool
-            .get_mut("health")
-            .and_then(|h| h.as_table_mut())
-            .context("config/rig.toml has no [pool.health]")?;
-        health.insert("host".into(), name.into());
-        health.insert("tls_verify".into(), true.into());
-        health.insert("ca_file".into(), file.display().to_string().into());
-    }
-    let text = toml::to_string(&doc).context("cannot write the demo's config")?;
-    config::parse(Path::new("config/rig.toml (demo)"), &text).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// How to run this same binary from the user's shell: `splicer` when that is what PATH finds,
-/// else its path, relative when under the working directory (`./target/release/splicer` after
-/// `cargo run --release -- demo`, which puts nothing on PATH).
-fn self_command() -> String {
-    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else {
-        return "splicer".to_string();
-    };
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path)
-            .filter_map(|dir| std::fs::canonicalize(dir.join("splicer")).ok())
-            .any(|found| found == exe)
-    });
-    if on_path {
-        return "splicer".to_string();
-    }
-    let relative = std::env::current_dir().ok().and_then(|cwd| {
-        exe.strip_prefix(cwd)
-            .ok()
-            .map(|r| format!("./{}", r.display()))
-    });
-    relative.unwrap_or_else(|| exe.display().to_string())
-}
-
 async fn demo(nodes: usize, ca: Option<CaOptions>) -> anyhow::Result<()> {
     let rig = Rig::start(RigOptions {
         nodes,
@@ -811,107 +761,25 @@ async fn demo(nodes: usize, ca: Option<CaOptions>) -> anyhow::Result<()> {
         None => None,
     };
     let verified = ca.as_ref().map(|c| c.name.as_str()).zip(ca_file.as_deref());
-    let config = demo_config(&rig.node_addrs(), verified)?;
+    let config = demo::config(&rig.node_addrs(), verified)?;
     let bound = app::Bound::bind(&config)?;
     let running = server::start(config, bound).await?;
-    let lb = running
-        .listener_addr("https")
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
-    let admin = running
-        .admin_addr()
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-    let control = rig.control_addr();
-    let splicer = self_command();
-    let mut text =
-        format!("\nsplicer demo: {nodes} simulated nodes behind splicer on https://{lb}/\n");
-    let certificate = match verified {
-        Some((name, file)) => format!(
-            "a certificate for {name} signed by the rig's CA, {}",
-            file.display()
-        ),
-        None => "its own self-signed certificate".to_string(),
-    };
-    for (i, addr) in rig.node_addrs().iter().enumerate() {
-        text.push_str(&format!(
-            "  node-{}  {addr}  ({certificate}; TLS ends at the node)\n",
-            i + 1
-        ));
-    }
-    let verified_curl = match verified {
-        Some((name, file)) => format!(
-            "  # the same, verified as a client of {name} would (splicer's checks verify it too)\n  \
-             curl --cacert {} --resolve {name}:{port}:{ip} https://{name}:{port}/\n",
-            file.display(),
-            port = lb.port(),
-            ip = lb.ip()
-        ),
-        None => String::new(),
-    };
-    text.push_str(&format!(
-        r#"
-Try, in another terminal:
-  # which node answered (the balancer rotates; -k because the nodes' certificates are self-signed)
-  for i in 1 2 3 4 5 6; do curl -sk https://{lb}/; done
-{verified_curl}  # the certificate is the node's own: splicer does not terminate TLS
-  openssl s_client -connect {lb} </dev/null 2>/dev/null | grep subject=
-  # backend states as splicer sees them, or open the dashboard, http://{admin}/, in a browser
-  curl -s http://{admin}/status
-  # node 2 starts failing its health check: it leaves within ~2.5 s (fall = 2, interval 1 s)
-  curl -s -X POST -d 503 http://{control}/nodes/2/health
-  for i in 1 2 3 4 5 6; do curl -sk https://{lb}/; done
-  # ...and comes back after two passing checks
-  curl -s -X POST -d 200 http://{control}/nodes/2/health
-  # the shared database fails over: every node answers 503 with database=false, yet all stay
-  # in rotation (a shared outage, shown by splicer status), while the cluster check fails
-  curl -s -X POST http://{control}/shared/database/down
-  {splicer} status --admin {admin}
-  curl -s -X POST http://{control}/shared/database/up
-  # a machine dying: no client connection fails, the node leaves
-  curl -s -X POST http://{control}/nodes/3/stop
-  curl -s -X POST http://{control}/nodes/3/start
-  # the whole cluster: GET http://{control}/nodes
-
-Ctrl-C stops the demo.{install_hint}
-"#,
-        install_hint = if splicer == "splicer" {
-            ""
-        } else {
-            "\n(`cargo install --path .` puts `splicer` on your PATH.)"
-        }
-    ));
+    let splicer = demo::self_command();
+    let text = demo::instructions(&demo::Running {
+        nodes: &rig.node_addrs(),
+        listener: running
+            .listener_addr("https")
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+        admin: running
+            .admin_addr()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+        control: rig.control_addr(),
+        verified,
+        splicer: &splicer,
+    });
     splicer::console::print(&text).context("cannot write to stdout")?;
     first_stop_signal().await?;
     running.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), rig.shutdown()).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_demo_runs_config_rig_toml_with_the_rigs_nodes() {
-        let file = config::load(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/rig.toml"
-        )))
-        .unwrap();
-        let nodes: Vec<SocketAddr> = (2..7)
-            .map(|i| SocketAddr::from(([127, 0, 0, i], 9443)))
-            .collect();
-        let demo = demo_config(&nodes, None).unwrap();
-        let addresses: Vec<SocketAddr> = demo.pools[0].backends.iter().map(|b| b.address).collect();
-        assert_eq!(addresses, nodes);
-        assert_eq!(demo.pools[0].health, file.pools[0].health);
-        assert_eq!(demo.pools[0].cluster_health, file.pools[0].cluster_health);
-        assert_eq!(demo.listeners[0].bind, file.listeners[0].bind);
-        assert_eq!(demo.runtime.drain_timeout, file.runtime.drain_timeout);
-
-        let ca = Path::new("/tmp/rig-ca.pem");
-        let verified = demo_config(&nodes, Some(("quay.example.com", ca)));
-        // The CA file does not exist: validation reads it, and says so.
-        let e = verified.unwrap_err().to_string();
-        assert!(e.contains("rig-ca.pem"), "{e}");
-    }
 }
