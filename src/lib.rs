@@ -51,6 +51,7 @@ pub mod rig;
 pub mod server;
 pub mod status_cmd;
 pub mod status_doc;
+pub mod upgrade_cmd;
 
 #[cfg(test)]
 mod layering;

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use splicer::config::{self, Config, LogFormat};
 use splicer::lifecycle::{Executable, Inherited, Notifier, ReadyPipe};
 use splicer::rig::{CaOptions, Rig, RigOptions};
-use splicer::status_cmd::{self, StatusCmdError};
+use splicer::status_cmd;
 use splicer::{app, demo, server};
 
 /// mimalloc instead of glibc's allocator: every connection allocates a tokio task and two socket
@@ -647,78 +647,33 @@ fn status_ready(admin: &str) -> ExitCode {
     }
 }
 
+/// `splicer upgrade`: the outcome on stdout, a refusal on stderr.
 fn upgrade(admin: &str, token_file: Option<&std::path::Path>, timeout: Duration) -> ExitCode {
-    let token = match token_file.map(std::fs::read_to_string).transpose() {
-        Ok(t) => t.map(|t| t.trim().to_string()),
-        Err(e) => {
-            let path = token_file
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            say!("splicer: cannot read token file {path}: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let runtime = match client_runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let answer = runtime.block_on(status_cmd::request(
-        admin,
-        hyper::Method::POST,
-        "/upgrade",
-        token.as_deref(),
-        timeout,
-    ));
-    match answer {
-        Ok((200, body)) => {
-            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let text = format!(
-                "upgraded: old pid {} drains its connections, new pid {} serves\n",
-                doc["old_pid"], doc["new_pid"]
-            );
-            stdout(&text).unwrap_or(ExitCode::SUCCESS)
-        }
-        Ok((status, body)) => {
-            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let why = doc["error"].as_str().map_or_else(
-                || String::from_utf8_lossy(&body).into_owned(),
-                str::to_string,
-            );
-            say!("splicer: upgrade refused ({status}): {why}");
-            match e_is_usage(status) {
-                true => ExitCode::from(EXIT_CONFIG),
-                false => ExitCode::from(EXIT_RUNTIME),
-            }
-        }
-        Err(e) => {
-            say!("splicer: {e}");
-            match e {
-                StatusCmdError::BadUrl { .. } => ExitCode::from(EXIT_CONFIG),
-                _ => ExitCode::from(EXIT_RUNTIME),
-            }
-        }
-    }
+    admin_command(splicer::upgrade_cmd::run(admin, token_file, timeout))
 }
 
 /// `splicer backend ...`: the outcome on stdout, progress and refusals on stderr.
 fn backend(args: &splicer::backend_cmd::BackendArgs) -> ExitCode {
+    let mut progress = |line: &str| say!("{line}");
+    admin_command(splicer::backend_cmd::run(args, &mut progress))
+}
+
+/// Runs a command that talks to the admin API: its text on stdout, or its failure on stderr
+/// and its exit code.
+fn admin_command(
+    command: impl std::future::Future<Output = Result<String, splicer::backend_cmd::Failure>>,
+) -> ExitCode {
     let runtime = match client_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let mut progress = |line: &str| say!("{line}");
-    match runtime.block_on(splicer::backend_cmd::run(args, &mut progress)) {
+    match runtime.block_on(command) {
         Ok(text) => stdout(&text).unwrap_or(ExitCode::SUCCESS),
         Err(failure) => {
             say!("splicer: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }
-}
-
-/// An admin answer that means the command was used wrongly (no token, or not a splicer).
-fn e_is_usage(status: u16) -> bool {
-    matches!(status, 401 | 404 | 405)
 }
 
 async fn rig(opts: RigOptions) -> anyhow::Result<()> {

@@ -350,3 +350,80 @@ async fn sigterm_keeps_accepting_for_the_shutdown_delay_while_the_outer_checker_
         .contains("still accepting until the shutdown delay ends"));
     drop(staying);
 }
+
+/// `splicer upgrade` (the CLI over `POST /upgrade`): the new pid on stdout and exit 0; a
+/// refused upgrade, a bad admin URL, a missing token file and an unreachable instance each say
+/// why on stderr with their exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_command_reports_the_new_process_or_why_not() {
+    common::init_logs();
+    let rig = common::rig(1).await;
+    let nodes = rig.node_addrs();
+    let installed = Installed::new();
+    let splicer = Running::start(&installed.bin, |admin, listen| {
+        config(admin, listen, &nodes, "")
+    })
+    .await;
+    let old = splicer.serving_pid().await.expect("pid");
+    let admin = splicer.admin.to_string();
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"));
+        cmd.arg("upgrade")
+            .args(args)
+            .env_remove("SPLICER_ADMIN")
+            .env_remove("SPLICER_TOKEN_FILE")
+            .kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(WAIT, cmd.output())
+                .await
+                .expect("splicer upgrade answers within WAIT")
+                .expect("splicer upgrade runs");
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        }
+    };
+
+    let (code, stdout, stderr) = cli(&["--admin", &admin]).await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}\n{}", splicer.log());
+    let new = splicer
+        .serving_pid()
+        .await
+        .expect("the new process answers");
+    assert_ne!(new, old);
+    assert_eq!(
+        stdout,
+        format!("upgraded: old pid {old} drains its connections, new pid {new} serves\n")
+    );
+
+    // Refused by the instance: the new process cannot read the config.
+    let good = std::fs::read_to_string(&splicer.config).expect("read config");
+    std::fs::write(&splicer.config, "[[listener]]\nbind = 7\n").expect("break the config");
+    let (code, _, stderr) = cli(&["--admin", &admin, "--timeout", "20s"]).await;
+    std::fs::write(&splicer.config, good).expect("restore the config");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("splicer: upgrade refused (500): ") && stderr.contains("exited"),
+        "{stderr}"
+    );
+    assert_eq!(
+        splicer.serving_pid().await,
+        Some(new),
+        "the refusal changed nothing"
+    );
+
+    let (code, _, stderr) = cli(&["--admin", "ftp://[::1"]).await;
+    assert_eq!(code, Some(2), "a bad admin URL is a usage error: {stderr}");
+    let (code, _, stderr) = cli(&["--admin", &admin, "--token-file", "/nonexistent/token"]).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot read token file /nonexistent/token"),
+        "{stderr}"
+    );
+    let dead = common::dead_addr().await.to_string();
+    let (code, _, stderr) = cli(&["--admin", &dead]).await;
+    assert_eq!(
+        code,
+        Some(1),
+        "an unreachable instance is a runtime failure: {stderr}"
+    );
+}
