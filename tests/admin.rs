@@ -451,10 +451,7 @@ async fn status_counts_connections() {
 async fn connect_failures_count_data_path_connects_only() {
     let rig = rig(1).await;
     let live = rig.node_addrs()[0];
-    // A port nothing listens on: bind, learn it, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let dead = common::dead_addr().await;
     let text = format!(
         "[[listener]]\nname = \"front\"\nbind = \"127.0.0.1:0\"\npool = \"quay\"\n\
          [[pool]]\nname = \"quay\"\nbackends = [\"{dead}\", \"{live}\"]\nretries = 1\n\

@@ -45,12 +45,6 @@ timeout = "100ms"
     )
 }
 
-/// A port that was free a moment ago: bound, then released.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("local addr")
-}
-
 /// A one-shot server: reads one request head, sends `response` verbatim, closes; the request
 /// head arrives on the returned channel.
 async fn answer_once(response: Vec<u8>) -> (SocketAddr, oneshot::Receiver<String>) {
@@ -140,7 +134,7 @@ async fn shows_every_backend_of_a_running_instance_up() {
 
 #[tokio::test]
 async fn nothing_listening_is_a_clear_connect_error() {
-    let addr = closed_port().await;
+    let addr = common::dead_addr().await;
     let err = fetch(&addr.to_string(), Duration::from_secs(5))
         .await
         .expect_err("nothing listens there");
@@ -335,7 +329,7 @@ async fn a_body_past_the_cap_is_refused() {
 
 #[tokio::test]
 async fn https_is_refused_before_any_connection() {
-    let addr = closed_port().await;
+    let addr = common::dead_addr().await;
     let err = fetch(&format!("https://{addr}"), Duration::from_secs(5))
         .await
         .expect_err("https");

@@ -456,12 +456,26 @@ pub fn collect_lines(
     })
 }
 
-/// A loopback address nothing listens on.
+/// A loopback address nothing listens on, for as long as this test process runs: the port is
+/// held by a bound socket that never listens, so a connect is refused and no other socket (a
+/// listener another test binds to port 0 meanwhile) can take it. A port merely freed again
+/// was taken that way once, and a test meant to reach nothing reached an admin API.
 pub async fn dead_addr() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .expect("bind");
-    l.local_addr().expect("addr")
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("a bound address");
+    if let Ok(mut held) = HELD.lock() {
+        held.push(socket);
+    }
+    addr
 }
 
 /// A config file in its own temp dir (removed on drop).
