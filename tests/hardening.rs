@@ -29,7 +29,7 @@ async fn echo_backend() -> TestServer {
 
 fn base_config(backend: SocketAddr, extra_pool: &str) -> String {
     format!(
-        "[admin]\nbind = \"127.0.0.1:0\"\n\
+        "[admin]\nbind = \"127.0.0.1:0\"\n[runtime]\naccess_log = false\n\
          [[listener]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n\
          [[pool]]\nname = \"p\"\nbackends = [\"{backend}\"]\n[pool.health]\ncheck = \"none\"\n\
          {extra_pool}"
