@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::{
@@ -45,32 +44,9 @@ fall = 1
 
 /// One HTTP/1.1 exchange returning the status, the `Content-Type` header and the body.
 async fn exchange(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    let fut = async {
-        let mut s = TcpStream::connect(addr).await.expect("connect to admin");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        String::from_utf8(buf).expect("admin answers are UTF-8")
-    };
-    let text = tokio::time::timeout(WAIT, fut)
-        .await
-        .expect("admin exchange timed out");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("a status code");
-    let content_type = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    (code, content_type, body.to_string())
+    let a = common::admin::request(addr, method, path, &[], "").await;
+    let content_type = a.header("content-type").unwrap_or_default().to_string();
+    (a.code, content_type, a.body)
 }
 
 async fn ready(admin: SocketAddr) -> u16 {

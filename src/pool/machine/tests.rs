@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
-use crate::config::{BackendConfig, BalanceKind, PoolConfig};
+use crate::config::{BackendConfig, PoolConfig};
 use crate::pool::{AdminError, PoolSnapshot};
 
 fn addr(i: u16) -> SocketAddr {
@@ -20,23 +20,16 @@ fn config(n: u16) -> PoolConfig {
         ..Default::default()
     };
     PoolConfig {
-        name: "p".into(),
-        balance: BalanceKind::RoundRobin,
         backends: (0..n)
             .map(|i| BackendConfig {
                 address: addr(i),
                 weight: 1,
             })
             .collect(),
-        discover: None,
-        send_proxy: Default::default(),
-        slow_start: None,
-        cluster_health: None,
-        connect_timeout: Duration::from_secs(1),
-        retries: 0,
         fail_open: false,
         passive_fall: 3,
         health,
+        ..PoolConfig::for_tests()
     }
 }
 
