@@ -706,6 +706,7 @@ impl Starting {
             let access_log = state.access_log_for(&config).map_err(AppError::AccessLog)?;
             let pools = state.pools.load_full();
             let mut ctxs = Vec::with_capacity(sockets.len());
+            let mut opening = Vec::with_capacity(sockets.len());
             for (lc, socket) in sockets {
                 let Some(pool) = pools.iter().find(|p| *p.name == *lc.pool).cloned() else {
                     // Validation guarantees the pool exists; an unknown one is skipped.
@@ -723,12 +724,15 @@ impl Starting {
                     Arc::new(ListenerCounters::default()),
                     config.runtime.client_table_size,
                 ));
-                control
-                    .loops
-                    .push(state.spawn_accept_loop(ctx.clone(), socket));
+                opening.push((ctx.clone(), socket));
                 ctxs.push(ctx);
             }
+            // Published before the first accept: a client served must find its listener in
+            // `/status` and `/metrics` (CI once saw a connection through before the store).
             state.listeners.store(Arc::new(ctxs));
+            for (ctx, socket) in opening {
+                control.loops.push(state.spawn_accept_loop(ctx, socket));
+            }
         }
         state.listening.store(true, Ordering::Release);
 

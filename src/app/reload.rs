@@ -219,6 +219,7 @@ impl AppState {
             }
         }
         let mut ctxs = Vec::with_capacity(new.listeners.len());
+        let mut opening = Vec::new();
         for lc in &new.listeners {
             let Some(pool) = pools
                 .iter()
@@ -282,14 +283,16 @@ impl AppState {
                 counters,
                 new.runtime.client_table_size,
             ));
-            control
-                .loops
-                .push(self.spawn_accept_loop(ctx.clone(), socket));
+            opening.push((ctx.clone(), socket));
             ctxs.push(ctx);
         }
 
         self.pools.store(Arc::new(pools));
+        // Before the new loops accept: a client they serve finds its listener in `/status`.
         self.listeners.store(Arc::new(ctxs));
+        for (ctx, socket) in opening {
+            control.loops.push(self.spawn_accept_loop(ctx, socket));
+        }
         self.admin_token
             .store(Arc::new(new.admin.as_ref().and_then(|a| a.token.clone())));
         self.drain_timeout.store(Arc::new(drain_timeout));
