@@ -852,9 +852,7 @@ esac
         dir.display()
     );
     let path = bin.join("aws");
-    std::fs::write(&path, script).expect("write stub");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    common::installed::write_executable(&path, &script);
     bin
 }
 

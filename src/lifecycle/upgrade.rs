@@ -131,10 +131,12 @@ pub async fn start_successor(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| UpgradeError::Spawn {
-        path: exe.path.clone(),
-        source,
-    })?;
+    let mut child = spawn_retrying_busy(&mut cmd)
+        .await
+        .map_err(|source| UpgradeError::Spawn {
+            path: exe.path.clone(),
+            source,
+        })?;
     // Only the child holds the write end now: its exit closes the pipe.
     drop(write_end);
     let pid = child.id().unwrap_or(0);
@@ -169,6 +171,30 @@ pub async fn start_successor(
         Err(e) => {
             stop_child(&mut child).await;
             Err(e)
+        }
+    }
+}
+
+/// How long an exec refused with ETXTBSY is retried in all.
+const BUSY_FOR: Duration = Duration::from_secs(1);
+
+/// Spawns `cmd`, retrying while the kernel refuses the exec with ETXTBSY: a file just installed
+/// can still be open for writing for a moment in another process (an installer's child that
+/// inherited the descriptor between fork and exec; Go's toolchain hit the same). Waits at most
+/// [`BUSY_FOR`].
+async fn spawn_retrying_busy(
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && started.elapsed() < BUSY_FOR => {
+                tracing::info!(error = %e, "upgrade: the new binary is still open for writing; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
         }
     }
 }
@@ -239,5 +265,54 @@ impl ReadyPipe {
         if let Err(e) = rustix::io::write(&self.0, line.as_bytes()) {
             tracing::warn!(error = %e, "cannot tell the old process that this one is ready");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// An executable script at a fresh path, with the writer still open (as an installer's).
+    fn script_being_written(dir: &std::path::Path) -> (PathBuf, std::fs::File) {
+        let path = dir.join("new-binary");
+        let mut f = std::fs::File::create(&path).expect("create");
+        f.write_all(b"#!/bin/sh\nexit 7\n").expect("write");
+        f.set_permissions(std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        (path, f)
+    }
+
+    #[tokio::test]
+    async fn an_exec_refused_while_the_file_is_written_is_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, writer) = script_being_written(dir.path());
+        let mut cmd = tokio::process::Command::new(&path);
+        // Refused while the writer is open (proves the setup reproduces ETXTBSY)...
+        let busy = cmd.spawn().err().and_then(|e| e.raw_os_error());
+        assert_eq!(busy, Some(libc::ETXTBSY));
+        // ...and started once the writer closes within the retry window.
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(writer);
+        });
+        let mut child = spawn_retrying_busy(&mut cmd).await.expect("retried spawn");
+        let status = child.wait().await.expect("wait");
+        assert_eq!(status.code(), Some(7));
+        closer.await.expect("closer");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_stays_busy_fails_after_the_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, _writer) = script_being_written(dir.path());
+        let started = std::time::Instant::now();
+        let err = spawn_retrying_busy(&mut tokio::process::Command::new(&path))
+            .await
+            .err()
+            .and_then(|e| e.raw_os_error());
+        assert_eq!(err, Some(libc::ETXTBSY));
+        assert!(started.elapsed() >= BUSY_FOR, "{:?}", started.elapsed());
     }
 }

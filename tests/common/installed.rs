@@ -29,17 +29,19 @@ impl Installed {
     /// Installs the binary under test over the path: a new file renamed over the old one, so
     /// running processes keep their (now unlinked) inode.
     pub fn reinstall(&self) {
-        let tmp = self.dir.path().join(".splicer.new");
-        std::fs::copy(env!("CARGO_BIN_EXE_splicer"), &tmp).expect("copy the binary");
-        std::fs::rename(&tmp, &self.bin).expect("install over the path");
+        self.install_from(Path::new(env!("CARGO_BIN_EXE_splicer")));
     }
 
     /// Installs a shell script over the path (a "binary" that misbehaves).
     pub fn install_script(&self, text: &str) {
-        use std::os::unix::fs::PermissionsExt;
         let tmp = self.dir.path().join(".splicer.new");
-        std::fs::write(&tmp, text).expect("write the script");
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        write_executable(&tmp, text);
+        std::fs::rename(&tmp, &self.bin).expect("install over the path");
+    }
+
+    fn install_from(&self, source: &Path) {
+        let tmp = self.dir.path().join(".splicer.new");
+        copy_by_child(source, &tmp);
         std::fs::rename(&tmp, &self.bin).expect("install over the path");
     }
 
@@ -83,6 +85,34 @@ impl Drop for Installed {
 /// Open descriptors of `pid`.
 pub fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Writes an executable file at `path` that a test then runs. The file that will be executed
+/// is written by `cp`, never by the test process: a child another test forks meanwhile would
+/// inherit a descriptor open for writing, and an exec before that child's own exec fails with
+/// ETXTBSY ("Text file busy"; CI saw it once).
+pub fn write_executable(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let source = path.with_extension("source");
+    std::fs::write(&source, text).expect("write the script");
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy_by_child(&source, path);
+}
+
+/// `cp --preserve=mode source dest`.
+fn copy_by_child(source: &Path, dest: &Path) {
+    let copied = std::process::Command::new("cp")
+        .arg("--preserve=mode")
+        .arg(source)
+        .arg(dest)
+        .status()
+        .expect("run cp");
+    assert!(
+        copied.success(),
+        "cp {} {}: {copied}",
+        source.display(),
+        dest.display()
+    );
 }
 
 /// `splicer run` started from an installed path; its successors write to the same pipes.
