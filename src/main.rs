@@ -388,35 +388,7 @@ fn status(admin: &str, json: bool) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let fetched = runtime.block_on(status_cmd::fetch_with_json(
-        admin,
-        status_cmd::DEFAULT_TIMEOUT,
-    ));
-    let (text, verdict) = match fetched {
-        Ok((doc, raw)) => {
-            let text = if json {
-                let pretty = serde_json::to_string_pretty(&raw).unwrap_or_else(|_| raw.to_string());
-                format!("{pretty}\n")
-            } else {
-                status_cmd::render(&doc)
-            };
-            (text, status_cmd::Verdict::of(&doc))
-        }
-        Err(e) => {
-            let verdict = status_cmd::Verdict::failed(&e);
-            // A script reading the JSON still gets a document, and the reason in it.
-            let text = if json {
-                let url = status_cmd::admin_url(admin).unwrap_or_else(|_| admin.to_owned());
-                format!(
-                    "{}\n",
-                    serde_json::json!({"error": verdict.summary(), "admin": url})
-                )
-            } else {
-                String::new()
-            };
-            (text, verdict)
-        }
-    };
+    let (text, verdict) = runtime.block_on(status_cmd::once(admin, json));
     if let Some(code) = stdout(&text) {
         return code;
     }
@@ -615,36 +587,18 @@ async fn run(
     Ok(())
 }
 
-/// Bound of `status --ready`: under the 5 s a container health check is usually given.
-const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(4);
-
 /// `splicer status --ready`: 0 when `/ready` answers 200, 1 for anything else.
 fn status_ready(admin: &str) -> ExitCode {
-    let runtime = match client_runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let answer = runtime.block_on(status_cmd::request(
-        admin,
-        hyper::Method::GET,
-        "/ready",
-        None,
-        READY_CHECK_TIMEOUT,
-    ));
-    match answer {
-        Ok((200, _)) => ExitCode::SUCCESS,
-        Ok((code, body)) => {
-            say!(
-                "splicer: not ready ({code}): {}",
-                String::from_utf8_lossy(&body).trim()
-            );
-            ExitCode::from(EXIT_RUNTIME)
-        }
-        Err(e) => {
-            say!("splicer: {e}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
+    admin_command(async {
+        let not_ready = |message| splicer::backend_cmd::Failure {
+            code: EXIT_RUNTIME,
+            message,
+        };
+        status_cmd::ready(admin)
+            .await
+            .map(|()| String::new())
+            .map_err(not_ready)
+    })
 }
 
 /// `splicer upgrade`: the outcome on stdout, a refusal on stderr.

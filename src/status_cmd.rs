@@ -8,6 +8,7 @@
 //! (the frames of `--watch`) are pure functions of it. The URL of `--admin` is parsed in
 //! `url.rs` with `hyper::Uri`.
 
+mod once;
 mod render;
 mod url;
 mod verdict;
@@ -31,6 +32,7 @@ use tokio::time::Instant;
 use crate::status_doc::Status;
 use url::AdminUrl;
 
+pub use once::{once, ready, READY_TIMEOUT};
 pub use render::{render, render_at};
 pub use verdict::{failure_message, problems, Verdict, EXIT_HEALTHY, EXIT_UNHEALTHY};
 pub use watch::{parse_every, watch, Watch, DEFAULT_EVERY, MIN_EVERY};
