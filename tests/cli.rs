@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
-use common::process::{Proc, Stdout};
+use common::process::{output_within, splicer_cli, Proc, Stdout};
 
 /// Longest any one invocation may take; `check` and failing `run`s take milliseconds.
 const LIMIT: Duration = Duration::from_secs(20);
@@ -24,24 +24,14 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// The binary with a clean environment: no inherited config path or log filter, and a
 /// working directory of the caller's choice (so no stray `./splicer.toml` is picked up).
 fn splicer(cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splicer"));
-    cmd.current_dir(cwd)
-        .env_remove("SPLICER_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = splicer_cli(&[]);
+    cmd.current_dir(cwd).env("RUST_LOG", "info");
     cmd
 }
 
 /// Runs `cmd` to completion within [`LIMIT`].
-async fn finish(mut cmd: Command) -> Output {
-    let child = cmd.spawn().expect("splicer starts");
-    tokio::time::timeout(LIMIT, child.wait_with_output())
-        .await
-        .expect("splicer exits in time (the child is killed on drop)")
-        .expect("collect output")
+async fn finish(cmd: Command) -> Output {
+    output_within(cmd, LIMIT).await
 }
 
 fn stdout(o: &Output) -> String {

@@ -655,22 +655,12 @@ async fn runtime_members_survive_reloads_and_restarts() {
 
 /// `splicer backend ARGS...` with the admin API and the token file; its output.
 async fn cli(args: &[&str], admin: SocketAddr, token: Option<&Path>) -> Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"));
-    cmd.arg("backend")
-        .args(args)
-        .arg("--admin")
-        .arg(admin.to_string())
-        .env_remove("SPLICER_ADMIN")
-        .env_remove("SPLICER_TOKEN_FILE")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    let mut cmd = common::process::splicer_cli(&[&["backend"], args].concat());
+    cmd.arg("--admin").arg(admin.to_string());
     if let Some(t) = token {
         cmd.arg("--token-file").arg(t);
     }
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("splicer backend ends")
-        .expect("splicer backend runs")
+    common::process::output_within(cmd, Duration::from_secs(60)).await
 }
 
 fn text(b: &[u8]) -> String {

@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use common::process::signal;
+use common::process::{output_within, printed, signal, splicer_cli};
 use common::{backend_state, backends_toml, control, http, rig, start_splicer, wait_until, WAIT};
 use splicer::status_cmd::{fetch, render, StatusCmdError, MAX_BODY};
 use splicer::status_doc::Status;
@@ -346,31 +346,14 @@ async fn https_is_refused_before_any_connection() {
 // ---------------------------------------------------------------------------------------------
 // The command: exit codes, --json, --watch.
 
-/// `splicer status ARGS` as a child: no `SPLICER_ADMIN` from the caller's environment.
+/// `splicer status ARGS` as a child (see [`splicer_cli`]).
 fn status_command(args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"));
-    cmd.arg("status")
-        .args(args)
-        .env_remove("SPLICER_ADMIN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    splicer_cli(&[&["status"], args].concat())
 }
 
 /// Runs `splicer status ARGS` to its end (bounded): exit code, stdout, stderr.
 async fn status_cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let child = status_command(args).spawn().expect("splicer starts");
-    let out: Output = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("`splicer status {args:?}` did not finish within {WAIT:?}"))
-        .expect("collect output");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    printed(&output_within(status_command(args), WAIT).await)
 }
 
 /// Waits (bounded) until every node in `nodes` is up on splicer's `/status`.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::installed::{open_fds, Installed, Running};
 use common::load::{self, Load, Pace, Target};
-use common::process::signal;
+use common::process::{output_within, printed, signal, splicer_cli};
 use common::{try_http, wait_until, WAIT};
 
 fn config(admin: SocketAddr, listen: SocketAddr, nodes: &[SocketAddr], extra: &str) -> String {
@@ -47,6 +47,17 @@ timeout = "500ms"
     )
 }
 
+/// The binary installed afresh and started from there in front of `nodes`, `runtime` added to
+/// its `[runtime]` section.
+async fn start_installed(nodes: &[SocketAddr], runtime: &str) -> (Installed, Running) {
+    let installed = Installed::new();
+    let splicer = Running::start(&installed.bin, |admin, listen| {
+        config(admin, listen, nodes, runtime)
+    })
+    .await;
+    (installed, splicer)
+}
+
 /// The load: a few hundred short TLS requests a second.
 fn short_requests(target: Target) -> Load {
     Load::start(
@@ -62,11 +73,7 @@ async fn twenty_upgrades_under_load_cost_no_client_anything() {
     common::init_logs();
     let rig = common::rig(3).await;
     let nodes = rig.node_addrs();
-    let installed = Installed::new();
-    let splicer = Running::start(&installed.bin, |admin, listen| {
-        config(admin, listen, &nodes, "")
-    })
-    .await;
+    let (installed, splicer) = start_installed(&nodes, "").await;
     let first = splicer.serving_pid().await.expect("first pid");
     // The fds of a quiet process, to compare with the last one's.
     let fds_at_start = open_fds(first);
@@ -168,9 +175,7 @@ async fn a_failed_upgrade_leaves_the_old_process_serving_and_says_why() {
     common::init_logs();
     let rig = common::rig(2).await;
     let nodes = rig.node_addrs();
-    let installed = Installed::new();
-    let text = |admin, listen| config(admin, listen, &nodes, "upgrade_timeout = \"2s\"");
-    let splicer = Running::start(&installed.bin, text).await;
+    let (installed, splicer) = start_installed(&nodes, "upgrade_timeout = \"2s\"").await;
     let old = splicer.serving_pid().await.expect("pid");
     let load = short_requests(Target::new(splicer.listen));
     let good_config = std::fs::read_to_string(&splicer.config).expect("read config");
@@ -359,28 +364,12 @@ async fn the_upgrade_command_reports_the_new_process_or_why_not() {
     common::init_logs();
     let rig = common::rig(1).await;
     let nodes = rig.node_addrs();
-    let installed = Installed::new();
-    let splicer = Running::start(&installed.bin, |admin, listen| {
-        config(admin, listen, &nodes, "")
-    })
-    .await;
+    let (_installed, splicer) = start_installed(&nodes, "").await;
     let old = splicer.serving_pid().await.expect("pid");
     let admin = splicer.admin.to_string();
     let cli = |args: &[&str]| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_splicer"));
-        cmd.arg("upgrade")
-            .args(args)
-            .env_remove("SPLICER_ADMIN")
-            .env_remove("SPLICER_TOKEN_FILE")
-            .kill_on_drop(true);
-        async move {
-            let out = tokio::time::timeout(WAIT, cmd.output())
-                .await
-                .expect("splicer upgrade answers within WAIT")
-                .expect("splicer upgrade runs");
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            (out.status.code(), text(&out.stdout), text(&out.stderr))
-        }
+        let cmd = splicer_cli(&[&["upgrade"], args].concat());
+        async move { printed(&output_within(cmd, WAIT).await) }
     };
 
     let (code, stdout, stderr) = cli(&["--admin", &admin]).await;

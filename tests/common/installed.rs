@@ -29,19 +29,15 @@ impl Installed {
     /// Installs the binary under test over the path: a new file renamed over the old one, so
     /// running processes keep their (now unlinked) inode.
     pub fn reinstall(&self) {
-        self.install_from(Path::new(env!("CARGO_BIN_EXE_splicer")));
+        let tmp = self.dir.path().join(".splicer.new");
+        copy_by_child(Path::new(env!("CARGO_BIN_EXE_splicer")), &tmp);
+        std::fs::rename(&tmp, &self.bin).expect("install over the path");
     }
 
     /// Installs a shell script over the path (a "binary" that misbehaves).
     pub fn install_script(&self, text: &str) {
         let tmp = self.dir.path().join(".splicer.new");
         write_executable(&tmp, text);
-        std::fs::rename(&tmp, &self.bin).expect("install over the path");
-    }
-
-    fn install_from(&self, source: &Path) {
-        let tmp = self.dir.path().join(".splicer.new");
-        copy_by_child(source, &tmp);
         std::fs::rename(&tmp, &self.bin).expect("install over the path");
     }
 
@@ -95,14 +91,14 @@ pub fn write_executable(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     let source = path.with_extension("source");
     std::fs::write(&source, text).expect("write the script");
-    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     copy_by_child(&source, path);
+    // chmod by path opens nothing for writing.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
-/// `cp --preserve=mode source dest`.
+/// `cp source dest` (the mode follows the source's, as for a new file).
 fn copy_by_child(source: &Path, dest: &Path) {
     let copied = std::process::Command::new("cp")
-        .arg("--preserve=mode")
         .arg(source)
         .arg(dest)
         .status()

@@ -337,6 +337,36 @@ impl Proc {
     }
 }
 
+/// `splicer ARGS...` as a one-shot command: none of the CLI's `SPLICER_*` settings inherited
+/// from the caller's environment, stdin closed, stdout and stderr piped, killed on drop.
+pub fn splicer_cli(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_splicer"));
+    cmd.args(args)
+        .env_remove("SPLICER_CONFIG")
+        .env_remove("SPLICER_ADMIN")
+        .env_remove("SPLICER_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `cmd` to its end; panics if it has not ended within `limit` (it is killed then).
+pub async fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let child = cmd.spawn().expect("the command starts");
+    tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd:?} did not end within {limit:?}"))
+        .expect("collect output")
+}
+
+/// A finished command's exit code, stdout and stderr as text.
+pub fn printed(out: &std::process::Output) -> (Option<i32>, String, String) {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 /// kill(2), asserting it worked.
 pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions. A pid from a `Proc` names our child,

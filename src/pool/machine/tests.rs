@@ -259,14 +259,20 @@ fn enable_from_draining_keeps_health() {
     assert!(r.has(|e| matches!(e, Effect::RearmCut { .. })));
 }
 
-#[test]
-fn only_failures_on_shared_services_in_outage_are_forgiven() {
+/// Three backends, all up, whose checks name `database` a shared dependency.
+fn three_up_sharing_the_database() -> Rig {
     let mut c = config(3);
     c.health.shared_dependencies = vec!["database".into()];
     let mut r = Rig::new(c, true);
     for i in 0..3 {
         r.check_with(i, true, true, None);
     }
+    r
+}
+
+#[test]
+fn only_failures_on_shared_services_in_outage_are_forgiven() {
+    let mut r = three_up_sharing_the_database();
     let db_down = || services(&[("database", false), ("disk", true)]);
     // Two of three report the database down: an outage; their failures are forgiven.
     for _ in 0..3 {
@@ -294,12 +300,7 @@ fn only_failures_on_shared_services_in_outage_are_forgiven() {
 
 #[test]
 fn the_outage_follows_who_is_enabled_at_once_and_is_not_recounted_on_a_steady_answer() {
-    let mut c = config(3);
-    c.health.shared_dependencies = vec!["database".into()];
-    let mut r = Rig::new(c, true);
-    for i in 0..3 {
-        r.check_with(i, true, true, None);
-    }
+    let mut r = three_up_sharing_the_database();
     let db_down = || services(&[("database", false)]);
     r.check_with(0, false, false, db_down());
     r.check_with(1, false, false, db_down());
