@@ -151,6 +151,30 @@ struct AcceptLoop {
     name: String,
     socket: Arc<TcpListener>,
     stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AcceptLoop {
+    /// Stops accepting and returns once the loop has ended (bounded by [`STOP_GRACE`]): by
+    /// then every client it accepted is a tracked connection, so a drain that starts after
+    /// this waits for it (a client accepted during a drain's count was lost at exit), and the
+    /// loop's copy of the socket is closed.
+    async fn end(self) {
+        let AcceptLoop {
+            name, stop, task, ..
+        } = self;
+        stop.cancel();
+        if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+            tracing::warn!(listener = %name, "the accept loop did not stop in time");
+        }
+    }
+}
+
+/// [`AcceptLoop::end`] for each of `loops`.
+async fn end_loops(loops: Vec<AcceptLoop>) {
+    for l in loops {
+        l.end().await;
+    }
 }
 
 /// Everything a reload or an upgrade reads and replaces; behind one async mutex, so reloads and
@@ -457,7 +481,7 @@ impl AppState {
         // Close (never shutdown(2)) this process's copies: the sockets live on in the successor.
         self.handed_over.cancel();
         self.stop_accepting.cancel();
-        drop(std::mem::take(&mut control.loops));
+        end_loops(std::mem::take(&mut control.loops)).await;
         control.admin = None;
         Ok(upgraded)
     }
@@ -474,7 +498,7 @@ impl AppState {
         tracing::info!(listener = %name, bind = %ctx.local_addr, pool = %ctx.pool.name, "listening");
         let loop_stop = stop.clone();
         let loop_socket = socket.clone();
-        self.background.spawn(async move {
+        let task = self.background.spawn(async move {
             let name = ctx.config.name.clone();
             listener::accept_loop(&name, &loop_socket, limit, loop_stop, |accepted| {
                 conns.spawn(proxy::serve(ctx.clone(), accepted, stop_conn.clone()));
@@ -482,7 +506,12 @@ impl AppState {
             .await;
             tracing::info!(listener = %name, "stopped accepting");
         });
-        AcceptLoop { name, socket, stop }
+        AcceptLoop {
+            name,
+            socket,
+            stop,
+            task,
+        }
     }
 }
 
@@ -843,7 +872,7 @@ impl Running {
         // so new clients are refused instead of queueing in a backlog nobody accepts from.
         {
             let mut control = s.control.lock().await;
-            drop(std::mem::take(&mut control.loops));
+            end_loops(std::mem::take(&mut control.loops)).await;
             control.admin = None;
         }
         s.connections.close();

@@ -214,8 +214,8 @@ impl AppState {
         let old_ctxs = self.listeners.load_full();
         for name in &d.listeners_removed {
             if let Some(pos) = control.loops.iter().position(|l| &l.name == name) {
-                let gone = control.loops.remove(pos);
-                gone.stop.cancel();
+                // Ended before the reload answers: the port refuses from then on.
+                control.loops.remove(pos).end().await;
             }
         }
         let mut ctxs = Vec::with_capacity(new.listeners.len());
@@ -258,7 +258,7 @@ impl AppState {
             };
             if restart {
                 if let Some(pos) = control.loops.iter().position(|l| l.name == lc.name) {
-                    control.loops.remove(pos).stop.cancel();
+                    control.loops.remove(pos).end().await;
                 }
                 let old_backlog = old_ctx.map(|c| c.config.backlog);
                 if fresh.is_none() && old_backlog != Some(lc.backlog) {
